@@ -1,0 +1,45 @@
+"""Statistics of the paper (Li et al. 2025): DeLong AUC CI and test, McNemar, binomial CIs, Table 1 tests.
+
+Pure functions (arrays in, numbers / NamedTuples out, no I/O).  Reference values from R pROC 1.18
+and base R are pinned in tests/test_stats.py (script: tests/reference/proc_reference.R).
+"""
+
+from src.stats.hypothesis import (
+    GroupComparison,
+    McNemarResult,
+    compare_categorical,
+    compare_continuous,
+    mcnemar,
+    mcnemar_result,
+)
+from src.stats.metrics import (
+    AUCResult,
+    BinaryMetric,
+    DeLongResult,
+    ThresholdMetrics,
+    auc_ci,
+    binomial_ci,
+    delong_components,
+    delong_test,
+    threshold_metrics,
+    youden_threshold,
+)
+
+__all__ = [
+    "AUCResult",
+    "BinaryMetric",
+    "DeLongResult",
+    "GroupComparison",
+    "McNemarResult",
+    "ThresholdMetrics",
+    "auc_ci",
+    "binomial_ci",
+    "compare_categorical",
+    "compare_continuous",
+    "delong_components",
+    "delong_test",
+    "mcnemar",
+    "mcnemar_result",
+    "threshold_metrics",
+    "youden_threshold",
+]
