@@ -1,0 +1,299 @@
+"""Report of a Hydra multirun sweep: the paper's tables and figures from the job folders.
+
+Usage::
+
+    python -m src.report SWEEP_DIR
+
+writes ``SWEEP_DIR/report/``: table1_baseline.csv (when SWEEP_DIR/manifest.csv exists),
+table2_strong.csv, table3_weak.csv, delong.csv, mcnemar.csv, roc_strong.png, roc_weak.png,
+confusion_strong.png, confusion_weak.png and report.md (paper order, n per set, missing/failed
+jobs).  Every file is written atomically (temp file in the same folder, then ``os.replace``).
+:func:`write_report` is the entry point for other code (e.g. a Hydra end-of-multirun callback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, SUPERVISIONS, Sweep, load_sweep
+from src.reporting.tables import (
+    delong_pairs,
+    fmt,
+    fmt_p,
+    mcnemar_strong_vs_weak,
+    table1_baseline,
+    table2_strong,
+    table3_weak,
+)
+
+__all__ = ["write_report", "main"]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> None:
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
+
+
+def _md_table(df: pd.DataFrame, cols: list[str], headers: list[str] | None = None) -> str:
+    if df is None or df.empty:
+        return "_no data_\n"
+    headers = headers or cols
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "NA" if math.isnan(v) else f"{v:.3f}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pair(a, b, f=fmt) -> str:
+    return f"{f(a)} / {f(b)}"
+
+
+def _jobs_section(sweep: Sweep) -> str:
+    out = ["## Jobs\n"]
+    rows = [
+        {
+            "job": j.name,
+            "phase": j.phase or "?",
+            "supervision": j.supervision or "?",
+            "status": j.status,
+            "reason": j.reason,
+        }
+        for j in sweep.jobs
+    ]
+    out.append(_md_table(pd.DataFrame(rows), ["job", "phase", "supervision", "status", "reason"]))
+    expected = len(PAPER_PHASE_ORDER) * len(SUPERVISIONS)
+    out.append(f"\nModels available: {len(sweep.models)} of {expected} expected (3 phases x 2 supervisions).\n")
+    if sweep.missing:
+        out.append("\n**Missing jobs** (no folder): " + ", ".join(f"{p}_{s}" for p, s in sweep.missing) + "\n")
+    if sweep.failed:
+        out.append("\n**Failed jobs**:\n")
+        for j in sweep.failed:
+            out.append(f"- `{j.name}` ({j.phase or '?'} {j.supervision or '?'}): {j.reason}\n")
+    if sweep.duplicates:
+        out.append(
+            "\nDuplicate jobs not used (an earlier job had the same phase/supervision): "
+            + ", ".join(f"`{j.name}`" for j in sweep.duplicates)
+            + "\n"
+        )
+    if not sweep.missing and not sweep.failed:
+        out.append("\nAll jobs completed.\n")
+    return "".join(out)
+
+
+def _n_section(sweep: Sweep) -> str:
+    rows = []
+    for (phase, sup), job in sorted(sweep.models.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        r = {"model": f"{phase} {sup}"}
+        for split in SPLITS:
+            df = job.patients.get(split)
+            r[f"{split}"] = (
+                f"{len(df)} ({int(df['label'].sum())} high / {int((df['label'] == 0).sum())} low)"
+                if df is not None
+                else "NA"
+            )
+            sl = job.slices.get(split)
+            r[f"{split}_slices"] = str(len(sl)) if sl is not None else ""
+        rows.append(r)
+    return "## Patients per set\n\n" + _md_table(
+        pd.DataFrame(rows),
+        ["model", "train", "test", "train_slices", "test_slices"],
+        ["model", "training patients", "testing patients", "training slices", "testing slices"],
+    )
+
+
+def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str]) -> str:
+    md = [
+        f"# Report: {sweep.path.name}\n\n",
+        f"Sweep folder: `{sweep.path}`  \nGenerated: {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n\n",
+    ]
+    md.append(_jobs_section(sweep) + "\n")
+    md.append(_n_section(sweep) + "\n")
+
+    md.append("## Table 1. Baseline characteristics, training vs testing set\n\n")
+    if t1 is None:
+        md.append("_No SWEEP_DIR/manifest.csv with split and grade columns: Table 1 skipped._\n\n")
+    else:
+        t1v = t1.copy()
+        t1v["statistic"] = [fmt(v) if isinstance(v, float) and not math.isnan(v) else "" for v in t1["statistic"]]
+        t1v["p"] = [fmt_p(v) if isinstance(v, float) and not math.isnan(v) else "" for v in t1["p"]]
+        md.append(f"Training n = {t1.attrs.get('n_train')}, testing n = {t1.attrs.get('n_test')}.\n\n")
+        md.append(
+            _md_table(
+                t1v,
+                ["variable", "level", "train", "test", "test_name", "statistic", "p"],
+                ["Variable", "", "Training set", "Testing set", "Test", "t/Z/chi2 (OR)", "P"],
+            )
+            + "\n"
+        )
+
+    md.append("## Table 2. Strongly supervised 3D ResNet-18 (patient level)\n\n")
+    if t2.empty:
+        md.append("_No strongly supervised model available._\n\n")
+    else:
+        v = pd.DataFrame(
+            {
+                "Model": t2["phase"],
+                "AUC (95% CI) training / testing": t2["AUC (95% CI) training / testing"],
+                "Accuracy": [_pair(a, b) for a, b in zip(t2["train_accuracy"], t2["test_accuracy"])],
+                "Sensitivity": [_pair(a, b) for a, b in zip(t2["train_sensitivity"], t2["test_sensitivity"])],
+                "Specificity": [_pair(a, b) for a, b in zip(t2["train_specificity"], t2["test_specificity"])],
+                "DeLong P (test, vs CMP)": [fmt_p(p) for p in t2["delong_p_vs_CMP_test"]],
+                "n train / test": [
+                    f"{int(a) if a == a else 'NA'} / {int(b) if b == b else 'NA'}"
+                    for a, b in zip(t2["train_n"], t2["test_n"])
+                ],
+            }
+        )
+        md.append(_md_table(v, list(v.columns)) + "\n")
+        md.append(
+            "Accuracy, sensitivity, specificity are training / testing at threshold 0.5 "
+            "(CIs in table2_strong.csv). AUC CI: DeLong.\n\n"
+        )
+    for key, title in (
+        ("roc_strong", "Figure 4. ROC curves, strongly supervised models"),
+        ("confusion_strong", "Figure A1. Confusion matrices, strongly supervised, testing set"),
+    ):
+        if key in figs:
+            md.append(f"### {title}\n\n![{title}]({figs[key]})\n\n")
+
+    md.append("## Table 3. Weakly supervised 2D ResNet-18 (single slice and patient level)\n\n")
+    if t3.empty:
+        md.append("_No weakly supervised model available._\n\n")
+    else:
+        v = pd.DataFrame(
+            {
+                "Model": t3["phase"],
+                "Split": t3["split"],
+                "Slice AUC (95% CI)": t3["Slice AUC (95% CI)"],
+                "Slice acc": t3["slice_accuracy"],
+                "Slice sens": t3["slice_sensitivity"],
+                "Slice spec": t3["slice_specificity"],
+                "Patient acc": t3["patient_accuracy"],
+                "Patient sens": t3["patient_sensitivity"],
+                "Patient spec": t3["patient_specificity"],
+                "n slices": [str(int(x)) if x == x else "NA" for x in t3["slice_n"]],
+                "n patients": [str(int(x)) if x == x else "NA" for x in t3["patient_n"]],
+            }
+        )
+        md.append(_md_table(v, list(v.columns)) + "\n")
+        md.append(
+            "Slice-level CIs treat slices as independent (as the paper's single-slice analysis); they are "
+            "optimistic because slices of one patient are correlated. Patient level uses the aggregated "
+            "`pred` of predictions/{split}.csv.\n\n"
+        )
+    for key, title in (
+        ("roc_weak", "Figure 5. ROC curves, weakly supervised models"),
+        ("confusion_weak", "Figure A2. Confusion matrices, weakly supervised, testing set"),
+    ):
+        if key in figs:
+            md.append(f"### {title}\n\n![{title}]({figs[key]})\n\n")
+
+    md.append("## DeLong tests between phases (paired, patient level)\n\n")
+    md.append(_md_table(dl, ["supervision", "split", "phase_a", "phase_b", "n", "auc_a", "auc_b", "z", "p", "note"]))
+    md.append("\n## McNemar tests, strongly vs weakly supervised (testing set, patient level)\n\n")
+    md.append(
+        _md_table(
+            mc, ["phase", "metric", "n", "strong", "weak", "b_strong_only", "c_weak_only", "p", "p_chisq", "note"]
+        )
+    )
+    md.append(
+        "\n## Methods\n\n"
+        '- AUC 95% CI: DeLong (1988), equal to R pROC `ci.auc(method="delong")`, clipped to [0, 1]; '
+        'higher prob_high = high grade (pROC direction "<").\n'
+        '- Phase comparison: paired two-sided DeLong test, pROC `roc.test(method="delong", paired=TRUE)`, '
+        "z = (AUC_a - AUC_b)/SE, patients matched by patient_id.\n"
+        "- Strong vs weak: McNemar's test on the patients of each class (sensitivity: high grade; "
+        "specificity: low grade), exact binomial p (`p`); continuity-corrected chi-square in `p_chisq`.\n"
+        "- Accuracy / sensitivity / specificity at threshold 0.5 with Wilson 95% CIs (CSV files).\n"
+        "- Table 1: Student t-test, or Mann-Whitney U (Z) when Shapiro-Wilk p < 0.05; Pearson chi-square "
+        "without continuity correction, or Fisher's exact test when an expected count is < 5.\n"
+    )
+    return "".join(md)
+
+
+def write_report(sweep_dir: str | Path) -> Path:
+    """Build SWEEP_DIR/report/ from the sweep's job folders and return the path of report.md.
+
+    Never fails because of a broken or missing job: those are listed in report.md.
+    """
+    sweep = load_sweep(sweep_dir)
+    out = sweep.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    t1 = table1_baseline(sweep.manifest)
+    t2 = table2_strong(sweep)
+    t3 = table3_weak(sweep)
+    dl = delong_pairs(sweep)
+    mc = mcnemar_strong_vs_weak(sweep)
+    if t1 is not None:
+        _write_csv(out / "table1_baseline.csv", t1)
+    _write_csv(out / "table2_strong.csv", t2)
+    _write_csv(out / "table3_weak.csv", t3)
+    _write_csv(out / "delong.csv", dl)
+    _write_csv(out / "mcnemar.csv", mc)
+
+    from src.reporting.figures import confusion_figure, roc_figure
+
+    figs: dict[str, str] = {}
+    for sup in SUPERVISIONS:
+        r = roc_figure(sweep, sup)
+        if r is not None:
+            atomic_write_bytes(out / f"roc_{sup}.png", r[0])
+            figs[f"roc_{sup}"] = f"roc_{sup}.png"
+        c = confusion_figure(sweep, sup)
+        if c is not None:
+            atomic_write_bytes(out / f"confusion_{sup}.png", c)
+            figs[f"confusion_{sup}"] = f"confusion_{sup}.png"
+
+    report = out / "report.md"
+    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.splitlines()[0])
+    ap.add_argument("sweep_dir", type=Path, help="Hydra multirun folder holding the job folders")
+    args = ap.parse_args(argv)
+    try:
+        path = write_report(args.sweep_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

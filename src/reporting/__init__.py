@@ -1,0 +1,1 @@
+"""Helpers of :mod:`src.report`: sweep loading, paper tables, figures."""

@@ -1,0 +1,222 @@
+"""Discover and load the job folders of a Hydra multirun sweep (read-only).
+
+Job folder contract (written by the training code)::
+
+    SWEEP_DIR/<n>_<PHASE>_<SUPERVISION>/        e.g. 0_UP_strong, 3_UP_weak
+        .hydra/config.yaml                       phase.name, supervision.name
+        metrics.json                             test_auc, ...; also "phase", "supervision"
+        predictions/{train,test}.csv             patient_id,label,prob_high,pred
+        predictions/{train,test}_slices.csv      weak only: patient_id,slice_index,label,prob_high
+        error.txt                                present when the job failed
+
+A job is *ok* when it has metrics.json, predictions/test.csv and no error.txt; otherwise *failed*.
+A (phase, supervision) with no folder at all is *missing*.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+PHASES = ("UP", "CMP", "NP")
+PAPER_PHASE_ORDER = ("CMP", "NP", "UP")  # row order of the paper's Tables 2-3
+SUPERVISIONS = ("strong", "weak")
+SPLITS = ("train", "test")
+
+_DIR_RE = re.compile(r"^(?P<n>\d+)_(?P<phase>[A-Za-z]+)_(?P<sup>[A-Za-z]+)$")
+_PATIENT_COLS = ("patient_id", "label", "prob_high")
+_SLICE_COLS = ("patient_id", "label", "prob_high")
+
+
+@dataclass
+class Job:
+    path: Path
+    number: int | None
+    phase: str | None
+    supervision: str | None
+    status: str = "ok"  # ok | failed
+    reason: str = ""
+    metrics: dict = field(default_factory=dict)
+    patients: dict[str, pd.DataFrame] = field(default_factory=dict)  # split -> patient table
+    slices: dict[str, pd.DataFrame] = field(default_factory=dict)  # split -> slice table
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def key(self) -> tuple[str | None, str | None]:
+        return (self.phase, self.supervision)
+
+
+def _dig(d: dict, dotted: str):
+    cur = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _read_config(job_dir: Path) -> dict:
+    cfg_path = job_dir / ".hydra" / "config.yaml"
+    if not cfg_path.is_file():
+        return {}
+    try:
+        import yaml
+
+        cfg = yaml.safe_load(cfg_path.read_text())
+        return cfg if isinstance(cfg, dict) else {}
+    except Exception:  # noqa: BLE001 - an unreadable config must not stop the report
+        return {}
+
+
+def _norm_phase(v) -> str | None:
+    if v is None:
+        return None
+    s = str(v).strip().upper()
+    return s if s in PHASES else None
+
+
+def _norm_sup(v) -> str | None:
+    if v is None:
+        return None
+    s = str(v).strip().lower()
+    return s if s in SUPERVISIONS else None
+
+
+def read_predictions(path: Path, slices: bool = False) -> pd.DataFrame:
+    """Read a prediction CSV (patient_id kept as text) and validate its columns and labels."""
+    df = pd.read_csv(path, dtype={"patient_id": str})
+    need = _SLICE_COLS if slices else _PATIENT_COLS
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path.name} lacks column(s) {', '.join(missing)}")
+    df["label"] = pd.to_numeric(df["label"], errors="raise").astype(int)
+    df["prob_high"] = pd.to_numeric(df["prob_high"], errors="raise").astype(float)
+    if not df["label"].isin((0, 1)).all():
+        raise ValueError(f"{path.name}: label must be 0/1")
+    if not slices:
+        if "pred" in df.columns:
+            df["pred"] = pd.to_numeric(df["pred"], errors="raise").astype(int)
+        else:
+            df["pred"] = (df["prob_high"] >= 0.5).astype(int)
+        if df["patient_id"].duplicated().any():
+            raise ValueError(f"{path.name}: duplicated patient_id")
+    return df
+
+
+def load_job(job_dir: Path) -> Job:
+    """Load one job folder; never raises for a broken job (status='failed' with a reason)."""
+    m = _DIR_RE.match(job_dir.name)
+    cfg = _read_config(job_dir)
+    metrics: dict = {}
+    mpath = job_dir / "metrics.json"
+    metrics_error = ""
+    if mpath.is_file():
+        try:
+            metrics = json.loads(mpath.read_text())
+            if not isinstance(metrics, dict):
+                metrics, metrics_error = {}, "metrics.json is not an object"
+        except (OSError, ValueError) as exc:
+            metrics_error = f"unreadable metrics.json ({exc})"
+    phase = (
+        _norm_phase(_dig(cfg, "phase.name"))
+        or _norm_phase(cfg.get("phase") if isinstance(cfg.get("phase"), str) else None) or _norm_phase(metrics.get("phase")) or _norm_phase(m and m.group("phase"))
+    )
+    sup = (
+        _norm_sup(_dig(cfg, "supervision.name"))
+        or _norm_sup(cfg.get("supervision") if isinstance(cfg.get("supervision"), str) else None)
+        or _norm_sup(metrics.get("supervision"))
+        or _norm_sup(m and m.group("sup"))
+    )
+    job = Job(job_dir, int(m.group("n")) if m else None, phase, sup, metrics=metrics)
+
+    err = job_dir / "error.txt"
+    if err.is_file():
+        try:
+            first = next((ln.strip() for ln in err.read_text(errors="replace").splitlines() if ln.strip()), "")
+        except OSError:
+            first = ""
+        job.status, job.reason = "failed", f"error.txt: {first[:200]}" if first else "error.txt present"
+        return job
+    if metrics_error or not mpath.is_file():
+        job.status, job.reason = "failed", metrics_error or "no metrics.json"
+        return job
+    if phase is None or sup is None:
+        job.status, job.reason = "failed", "cannot tell phase/supervision"
+        return job
+    try:
+        for split in SPLITS:
+            p = job_dir / "predictions" / f"{split}.csv"
+            if p.is_file():
+                job.patients[split] = read_predictions(p)
+            sp = job_dir / "predictions" / f"{split}_slices.csv"
+            if sp.is_file():
+                job.slices[split] = read_predictions(sp, slices=True)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        job.status, job.reason = "failed", f"unreadable predictions ({exc})"
+        return job
+    if "test" not in job.patients:
+        job.status, job.reason = "failed", "no predictions/test.csv"
+    return job
+
+
+def _looks_like_job(d: Path) -> bool:
+    if _DIR_RE.match(d.name):
+        return True
+    return any((d / x).exists() for x in (".hydra", "metrics.json", "error.txt", "predictions"))
+
+
+def discover_jobs(sweep_dir: Path) -> list[Job]:
+    """All job folders of the sweep, sorted by job number then name (the report/ folder is skipped)."""
+    jobs = []
+    for d in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+        if d.name in ("report", ".hydra", ".submitit") or d.name.startswith("."):
+            continue
+        if _looks_like_job(d):
+            jobs.append(load_job(d))
+    jobs.sort(key=lambda j: (j.number if j.number is not None else 10**9, j.name))
+    return jobs
+
+
+@dataclass
+class Sweep:
+    path: Path
+    jobs: list[Job]
+    models: dict[tuple[str, str], Job]  # (phase, supervision) -> the ok job used
+    missing: list[tuple[str, str]]  # expected (phase, supervision) without any folder
+    failed: list[Job]
+    duplicates: list[Job]  # ok jobs not used because an earlier job had the same key
+    manifest: pd.DataFrame | None
+
+
+def load_sweep(sweep_dir: str | Path) -> Sweep:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep folder not found: {sweep_dir}")
+    jobs = discover_jobs(sweep_dir)
+    models: dict[tuple[str, str], Job] = {}
+    duplicates = []
+    for j in jobs:
+        if j.status != "ok":
+            continue
+        if j.key in models:
+            duplicates.append(j)
+        else:
+            models[j.key] = j  # type: ignore[index]
+    present = {j.key for j in jobs}
+    missing = [(p, s) for s in SUPERVISIONS for p in PAPER_PHASE_ORDER if (p, s) not in present]
+    failed = [j for j in jobs if j.status != "ok"]
+    manifest = None
+    mpath = sweep_dir / "manifest.csv"
+    if mpath.is_file():
+        try:
+            manifest = pd.read_csv(mpath, dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            manifest = None
+    return Sweep(sweep_dir, jobs, models, missing, failed, duplicates, manifest)

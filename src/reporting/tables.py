@@ -1,0 +1,317 @@
+"""Build the paper's tables from a loaded sweep (pandas in, pandas out; no I/O).
+
+* Table 1  (baseline, train vs test)            -> :func:`table1_baseline`
+* Table 2  (strong / 3D, patient level)         -> :func:`table2_strong`
+* Table 3  (weak / 2D, slice + patient level)   -> :func:`table3_weak`
+* DeLong pairs within a supervision             -> :func:`delong_pairs`
+* McNemar strong vs weak per phase              -> :func:`mcnemar_strong_vs_weak`
+
+Statistics come from :mod:`src.stats` (pROC-equivalent DeLong, statsmodels McNemar, etc.).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, Sweep
+from src.stats import (
+    auc_ci,
+    compare_categorical,
+    compare_continuous,
+    delong_test,
+    mcnemar_result,
+    threshold_metrics,
+)
+
+NAN = float("nan")
+
+
+def fmt(x: float, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "NA"
+    return f"{x:.{nd}f}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "NA"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_auc(auc: float, lo: float, hi: float) -> str:
+    return f"{fmt(auc)} ({fmt(lo)}-{fmt(hi)})"
+
+
+def _safe_auc(y, s) -> tuple[float, float, float]:
+    try:
+        return tuple(auc_ci(y, s))  # type: ignore[return-value]
+    except ValueError:  # one class only in this split
+        return (NAN, NAN, NAN)
+
+
+def _perf(df: pd.DataFrame | None, prefix: str, *, use_pred: bool = True) -> dict:
+    """AUC [CI] and accuracy / sensitivity / specificity (Wilson CI) of one prediction table."""
+    keys = ("auc", "auc_low", "auc_high", "accuracy", "sensitivity", "specificity", "n", "n_pos", "n_neg")
+    if df is None or len(df) == 0:
+        return {f"{prefix}{k}": NAN for k in keys}
+    y = df["label"].to_numpy()
+    s = df["prob_high"].to_numpy()
+    auc, lo, hi = _safe_auc(y, s)
+    if use_pred and "pred" in df.columns:
+        m = threshold_metrics(y, y_pred=df["pred"].to_numpy())
+    else:
+        m = threshold_metrics(y, s, threshold=0.5)
+    out = {
+        "auc": auc,
+        "auc_low": lo,
+        "auc_high": hi,
+        "accuracy": m.accuracy.value,
+        "accuracy_low": m.accuracy.low,
+        "accuracy_high": m.accuracy.high,
+        "sensitivity": m.sensitivity.value,
+        "sensitivity_low": m.sensitivity.low,
+        "sensitivity_high": m.sensitivity.high,
+        "specificity": m.specificity.value,
+        "specificity_low": m.specificity.low,
+        "specificity_high": m.specificity.high,
+        "n": len(df),
+        "n_pos": int((y == 1).sum()),
+        "n_neg": int((y == 0).sum()),
+    }
+    return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Inner-join two patient tables on patient_id; raises if the labels disagree."""
+    m = a.merge(b, on="patient_id", suffixes=("_a", "_b"), how="inner")
+    if (m["label_a"] != m["label_b"]).any():
+        bad = m.loc[m["label_a"] != m["label_b"], "patient_id"].tolist()[:5]
+        raise ValueError(f"label mismatch between models for patients {bad}")
+    return m
+
+
+def _delong_pair(a: pd.DataFrame | None, b: pd.DataFrame | None) -> dict:
+    out = {"n": 0, "auc_a": NAN, "auc_b": NAN, "z": NAN, "p": NAN, "note": ""}
+    if a is None or b is None:
+        out["note"] = "predictions missing"
+        return out
+    try:
+        m = paired(a, b)
+    except ValueError as exc:
+        out["note"] = str(exc)
+        return out
+    out["n"] = len(m)
+    if len(m) < len(a) or len(m) < len(b):
+        out["note"] = f"matched {len(m)} of {len(a)}/{len(b)} patients"
+    y = m["label_a"].to_numpy()
+    try:
+        out["auc_a"] = auc_ci(y, m["prob_high_a"]).auc
+        out["auc_b"] = auc_ci(y, m["prob_high_b"]).auc
+        out["z"], out["p"] = delong_test(y, m["prob_high_a"], m["prob_high_b"])
+    except ValueError as exc:
+        out["note"] = str(exc)
+    return out
+
+
+def table2_strong(sweep: Sweep, reference_phase: str = "CMP") -> pd.DataFrame:
+    """Paper Table 2: per phase AUC (95% DeLong CI), accuracy, sensitivity, specificity train/test,
+    and the test-set DeLong p vs the ``reference_phase`` (CMP) model (patients matched by id)."""
+    rows = []
+    ref = sweep.models.get((reference_phase, "strong"))
+    for phase in PAPER_PHASE_ORDER:
+        job = sweep.models.get((phase, "strong"))
+        if job is None:
+            continue
+        row: dict = {"phase": phase, "job": job.name}
+        for split in SPLITS:
+            row.update(_perf(job.patients.get(split), f"{split}_"))
+        if ref is None:
+            d = {"p": NAN, "z": NAN, "n": 0, "note": f"no {reference_phase} model"}
+        else:
+            d = _delong_pair(job.patients.get("test"), ref.patients.get("test"))
+        row[f"delong_z_vs_{reference_phase}_test"] = d["z"]
+        row[f"delong_p_vs_{reference_phase}_test"] = d["p"]
+        row["AUC (95% CI) training / testing"] = (
+            f"{fmt_auc(row['train_auc'], row['train_auc_low'], row['train_auc_high'])} / "
+            f"{fmt_auc(row['test_auc'], row['test_auc_low'], row['test_auc_high'])}"
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table3_weak(sweep: Sweep) -> pd.DataFrame:
+    """Paper Table 3: per phase and split, slice-level AUC (95% DeLong CI on slices, treated as
+    independent as in the paper), accuracy, sensitivity, specificity at 0.5, and patient-level
+    accuracy, sensitivity, specificity after aggregation (predictions/{split}.csv ``pred``)."""
+    rows = []
+    for phase in PAPER_PHASE_ORDER:
+        job = sweep.models.get((phase, "weak"))
+        if job is None:
+            continue
+        for split in SPLITS:
+            row: dict = {"phase": phase, "split": split, "job": job.name}
+            sl = _perf(job.slices.get(split), "slice_", use_pred=False)
+            pt = _perf(job.patients.get(split), "patient_")
+            row.update(sl)
+            row.update(pt)
+            row["n_patients_with_slices"] = job.slices[split]["patient_id"].nunique() if split in job.slices else 0
+            row["Slice AUC (95% CI)"] = fmt_auc(sl["slice_auc"], sl["slice_auc_low"], sl["slice_auc_high"])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def delong_pairs(sweep: Sweep, splits=SPLITS) -> pd.DataFrame:
+    """Paired DeLong test for every pair of phases within a supervision (patient level)."""
+    rows = []
+    for sup in ("strong", "weak"):
+        for split in splits:
+            for pa, pb in combinations(PAPER_PHASE_ORDER, 2):
+                ja, jb = sweep.models.get((pa, sup)), sweep.models.get((pb, sup))
+                if ja is None or jb is None:
+                    continue
+                d = _delong_pair(ja.patients.get(split), jb.patients.get(split))
+                rows.append({"supervision": sup, "split": split, "level": "patient", "phase_a": pa, "phase_b": pb} | d)
+    cols = ["supervision", "split", "level", "phase_a", "phase_b", "n", "auc_a", "auc_b", "z", "p", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def mcnemar_strong_vs_weak(sweep: Sweep, split: str = "test") -> pd.DataFrame:
+    """McNemar (exact binomial) of strong vs weak per phase: sensitivity on the high-grade and
+    specificity on the low-grade patients, patient-level ``pred``, matched by patient_id."""
+    rows = []
+    for phase in PAPER_PHASE_ORDER:
+        js, jw = sweep.models.get((phase, "strong")), sweep.models.get((phase, "weak"))
+        if js is None or jw is None:
+            continue
+        a, b = js.patients.get(split), jw.patients.get(split)
+        if a is None or b is None:
+            continue
+        try:
+            m = paired(a, b)
+        except ValueError as exc:
+            rows.append({"phase": phase, "split": split, "metric": "sensitivity", "note": str(exc)})
+            continue
+        for metric, cls in (("sensitivity", 1), ("specificity", 0)):
+            sub = m[m["label_a"] == cls]
+            ca = (sub["pred_a"] == cls).to_numpy()
+            cb = (sub["pred_b"] == cls).to_numpy()
+            row = {"phase": phase, "split": split, "metric": metric, "n": len(sub)}
+            if len(sub) == 0:
+                row.update(strong=NAN, weak=NAN, b_strong_only=0, c_weak_only=0, p=NAN, p_chisq=NAN)
+            else:
+                ex = mcnemar_result(ca, cb, exact=True)
+                ch = mcnemar_result(ca, cb, exact=False)
+                row.update(
+                    strong=float(ca.mean()),
+                    weak=float(cb.mean()),
+                    b_strong_only=ex.b,
+                    c_weak_only=ex.c,
+                    p=ex.p,
+                    p_chisq=ch.p,
+                )
+            row["note"] = f"matched {len(m)} of {len(a)}/{len(b)} patients" if len(m) < max(len(a), len(b)) else ""
+            rows.append(row)
+    cols = ["phase", "split", "metric", "n", "strong", "weak", "b_strong_only", "c_weak_only", "p", "p_chisq", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ------------------------------------------------------------------------------------------------
+# Table 1
+# ------------------------------------------------------------------------------------------------
+def _num(s: pd.Series) -> pd.Series:
+    return pd.to_numeric(s.replace("", np.nan), errors="coerce")
+
+
+def _cont_summary(x: np.ndarray, test: str) -> str:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return "NA"
+    if test == "Mann-Whitney U":
+        q1, med, q3 = np.percentile(x, [25, 50, 75])
+        return f"{med:.1f} ({q1:.1f}-{q3:.1f})"
+    return f"{x.mean():.1f}±{x.std(ddof=1):.1f}"
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{100.0 * k / n:.1f}% ({k}/{n})" if n else "NA"
+
+
+def table1_baseline(manifest: pd.DataFrame) -> pd.DataFrame | None:
+    """Paper Table 1: training vs testing set.  Age and diameter: t-test or Mann-Whitney U (Shapiro
+    p < 0.05 in either set); sex, diameter <=4 / >4 cm and grade (high = 3-4): Pearson chi-square, or
+    Fisher's exact test when an expected count is < 5.  Returns None without a usable split column."""
+    if manifest is None or "split" not in manifest.columns or "grade" not in manifest.columns:
+        return None
+    df = manifest.copy()
+    df["split"] = df["split"].astype(str).str.strip().str.lower()
+    df = df[df["split"].isin(SPLITS)]
+    if df["split"].nunique() < 2:
+        return None
+    tr, te = df[df["split"] == "train"], df[df["split"] == "test"]
+    rows: list[dict] = []
+
+    def cont(var: str, col: str):
+        x, y = _num(tr[col]).to_numpy(float), _num(te[col]).to_numpy(float)
+        try:
+            r = compare_continuous(x, y)
+            test, stat, p = r.test, r.statistic, r.p
+        except ValueError:
+            test, stat, p = "NA", NAN, NAN
+        rows.append(
+            {
+                "variable": var,
+                "level": "",
+                "train": _cont_summary(x, test),
+                "test": _cont_summary(y, test),
+                "test_name": test,
+                "statistic": stat,
+                "p": p,
+            }
+        )
+
+    def cat(var: str, levels: list[tuple[str, pd.Series, pd.Series]]):
+        table = [[int(a.sum()), int(b.sum())] for _, a, b in levels]
+        ntr, nte = sum(r[0] for r in table), sum(r[1] for r in table)
+        r = compare_categorical(table)
+        rows.append(
+            {
+                "variable": var,
+                "level": "",
+                "train": "",
+                "test": "",
+                "test_name": r.test,
+                "statistic": r.statistic,
+                "p": r.p,
+            }
+        )
+        for (name, _, _), (k_tr, k_te) in zip(levels, table):
+            rows.append(
+                {
+                    "variable": var,
+                    "level": name,
+                    "train": _pct(k_tr, ntr),
+                    "test": _pct(k_te, nte),
+                    "test_name": "",
+                    "statistic": NAN,
+                    "p": NAN,
+                }
+            )
+
+    if "age" in df.columns:
+        cont("Age, year", "age")
+    if "sex" in df.columns:
+        s_tr, s_te = tr["sex"].str.strip().str.upper().str[:1], te["sex"].str.strip().str.upper().str[:1]
+        cat("Sex", [("Male", s_tr == "M", s_te == "M"), ("Female", s_tr == "F", s_te == "F")])
+    if "diameter_cm" in df.columns:
+        cont("Tumor diameter, cm", "diameter_cm")
+        d_tr, d_te = _num(tr["diameter_cm"]), _num(te["diameter_cm"])
+        cat("Tumor diameter", [("<=4cm", d_tr <= 4, d_te <= 4), (">4cm", d_tr > 4, d_te > 4)])
+    g_tr, g_te = _num(tr["grade"]), _num(te["grade"])
+    cat("WHO/ISUP grade", [("High-grade (3-4)", g_tr >= 3, g_te >= 3), ("Low-grade (1-2)", g_tr <= 2, g_te <= 2)])
+    out = pd.DataFrame(rows)
+    out.attrs["n_train"], out.attrs["n_test"] = len(tr), len(te)
+    return out

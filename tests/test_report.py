@@ -1,0 +1,213 @@
+"""src.report on a fake 6-job sweep (synthetic predictions; one job failed, one missing)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.report import main, write_report
+from src.stats import auc_ci, delong_test, mcnemar
+
+N_TRAIN, N_TEST, N_SLICES = 60, 30, 4
+PHASE_SIGNAL = {"CMP": 2.0, "NP": 1.5, "UP": 1.0}
+
+
+def _ids(split, n):
+    return [f"{'tr' if split == 'train' else 'te'}{i:03d}" for i in range(n)]
+
+
+def _labels(n, seed):
+    y = np.array([1] * (n * 4 // 9) + [0] * (n - n * 4 // 9))
+    np.random.default_rng(seed).shuffle(y)
+    return y
+
+
+LABELS = {"train": _labels(N_TRAIN, 1), "test": _labels(N_TEST, 2)}
+
+
+def _make_job(root, n, phase, sup, *, fail=False, layout="hydra"):
+    d = root / f"{n}_{phase}_{sup}"
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "config.yaml").write_text(f"phase:\n  name: {phase}\nsupervision:\n  name: {sup}\nseed: 0\n")
+    if fail:
+        (d / "error.txt").write_text("RuntimeError: CUDA out of memory\ntraceback...\n")
+        return d
+    rng = np.random.default_rng(100 + n)
+    (d / "predictions").mkdir()
+    for split in ("train", "test"):
+        y = LABELS[split]
+        ids = _ids(split, len(y))
+        logit = PHASE_SIGNAL[phase] * (y - 0.5) * 2 + rng.normal(0, 1.2, len(y))
+        prob = np.round(1 / (1 + np.exp(-logit)), 4)
+        pd.DataFrame({"patient_id": ids, "label": y, "prob_high": prob, "pred": (prob >= 0.5).astype(int)}).to_csv(
+            d / "predictions" / f"{split}.csv", index=False
+        )
+        if sup == "weak":
+            rows = []
+            for pid, yy, lg in zip(ids, y, logit):
+                for k in range(N_SLICES):
+                    p = 1 / (1 + np.exp(-(lg + rng.normal(0, 0.8))))
+                    rows.append((pid, k, yy, round(p, 4)))
+            pd.DataFrame(rows, columns=["patient_id", "slice_index", "label", "prob_high"]).to_csv(
+                d / "predictions" / f"{split}_slices.csv", index=False
+            )
+    (d / "metrics.json").write_text(json.dumps({"phase": phase, "supervision": sup, "test_auc": 0.0}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multirun") / "2026-01-01" / "12-00-00"
+    root.mkdir(parents=True)
+    _make_job(root, 0, "UP", "strong")
+    _make_job(root, 1, "CMP", "strong")
+    _make_job(root, 2, "NP", "strong")
+    _make_job(root, 3, "UP", "weak")
+    _make_job(root, 4, "CMP", "weak", fail=True)  # failed job
+    # 5_NP_weak deliberately missing
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    man = []
+    rng = np.random.default_rng(7)
+    for split in ("train", "test"):
+        for pid, y in zip(_ids(split, len(LABELS[split])), LABELS[split]):
+            man.append(
+                {
+                    "patient_id": pid,
+                    "grade": int(rng.choice([3, 4]) if y else rng.choice([1, 2])),
+                    "split": split,
+                    "age": round(rng.normal(57, 12), 1),
+                    "sex": rng.choice(["M", "F"]),
+                    "diameter_cm": round(float(rng.gamma(4, 1.3)), 1),
+                }
+            )
+    pd.DataFrame(man).to_csv(root / "manifest.csv", index=False)
+    report = write_report(root)
+    return root, report
+
+
+def _pred(root, job, split="test"):
+    return pd.read_csv(root / job / "predictions" / f"{split}.csv", dtype={"patient_id": str})
+
+
+def test_files_exist(sweep):
+    root, report = sweep
+    assert report == root / "report" / "report.md"
+    for name in (
+        "report.md",
+        "table1_baseline.csv",
+        "table2_strong.csv",
+        "table3_weak.csv",
+        "delong.csv",
+        "mcnemar.csv",
+        "roc_strong.png",
+        "roc_weak.png",
+        "confusion_strong.png",
+        "confusion_weak.png",
+    ):
+        f = root / "report" / name
+        assert f.is_file() and f.stat().st_size > 0, name
+    assert not list((root / "report").glob("*.tmp"))
+    assert (root / "report" / "roc_strong.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table2_matches_auc_ci_and_delong(sweep):
+    root, _ = sweep
+    t2 = pd.read_csv(root / "report" / "table2_strong.csv")
+    assert list(t2["phase"]) == ["CMP", "NP", "UP"]
+    up = t2.set_index("phase").loc["UP"]
+    df = _pred(root, "0_UP_strong")
+    ref = auc_ci(df["label"], df["prob_high"])
+    assert (up["test_auc"], up["test_auc_low"], up["test_auc_high"]) == pytest.approx(tuple(ref), abs=1e-9)
+    tr = _pred(root, "0_UP_strong", "train")
+    assert up["train_auc"] == pytest.approx(auc_ci(tr["label"], tr["prob_high"]).auc, abs=1e-9)
+    tp = ((df["label"] == 1) & (df["pred"] == 1)).sum()
+    assert up["test_sensitivity"] == pytest.approx(tp / (df["label"] == 1).sum())
+    assert up["test_n"] == N_TEST
+    cmp_ = _pred(root, "1_CMP_strong")
+    z, p = delong_test(df["label"], df["prob_high"], cmp_["prob_high"])
+    assert up["delong_p_vs_CMP_test"] == pytest.approx(p, abs=1e-9)
+    assert t2.set_index("phase").loc["CMP", "delong_p_vs_CMP_test"] == pytest.approx(1.0)
+
+
+def test_delong_pairs(sweep):
+    root, _ = sweep
+    dl = pd.read_csv(root / "report" / "delong.csv")
+    strong_test = dl[(dl.supervision == "strong") & (dl.split == "test")]
+    assert len(strong_test) == 3  # CMP-NP, CMP-UP, NP-UP
+    row = strong_test[(strong_test.phase_a == "NP") & (strong_test.phase_b == "UP")].iloc[0]
+    a, b = _pred(root, "2_NP_strong"), _pred(root, "0_UP_strong")
+    z, p = delong_test(a["label"], a["prob_high"], b["prob_high"])
+    assert (row.z, row.p, row.n) == pytest.approx((z, p, N_TEST), abs=1e-9)
+    assert dl[dl.supervision == "weak"].empty  # only one weak model available
+
+
+def test_table3_and_mcnemar(sweep):
+    root, _ = sweep
+    t3 = pd.read_csv(root / "report" / "table3_weak.csv")
+    assert list(t3["phase"]) == ["UP", "UP"] and list(t3["split"]) == ["train", "test"]
+    sl = pd.read_csv(root / "3_UP_weak" / "predictions" / "test_slices.csv", dtype={"patient_id": str})
+    test_row = t3[t3.split == "test"].iloc[0]
+    assert test_row["slice_auc"] == pytest.approx(auc_ci(sl["label"], sl["prob_high"]).auc, abs=1e-9)
+    assert test_row["slice_n"] == N_TEST * N_SLICES and test_row["patient_n"] == N_TEST
+
+    mc = pd.read_csv(root / "report" / "mcnemar.csv")
+    assert list(mc["phase"]) == ["UP", "UP"] and list(mc["metric"]) == ["sensitivity", "specificity"]
+    s, w = _pred(root, "0_UP_strong"), _pred(root, "3_UP_weak")
+    # shuffle the weak rows: matching must be by patient_id, not by row order
+    w = w.sample(frac=1, random_state=0).set_index("patient_id").loc[s["patient_id"]].reset_index()
+    pos = s["label"] == 1
+    p_sens = mcnemar((s["pred"] == 1)[pos], (w["pred"] == 1)[pos])
+    assert mc.iloc[0]["p"] == pytest.approx(p_sens, abs=1e-12)
+    assert mc.iloc[0]["n"] == pos.sum()
+
+
+def test_report_md_lists_missing_and_failed(sweep):
+    root, report = sweep
+    md = report.read_text()
+    assert "NP_weak" in md  # missing job
+    assert "4_CMP_weak" in md and "CUDA out of memory" in md  # failed job with its reason
+    assert "Models available: 4 of 6" in md
+    order = [
+        md.index(h)
+        for h in (
+            "## Table 1",
+            "## Table 2",
+            "Figure 4",
+            "Figure A1",
+            "## Table 3",
+            "Figure 5",
+            "Figure A2",
+            "## DeLong",
+            "## McNemar",
+        )
+    ]
+    assert order == sorted(order)
+    assert "![Figure 4" in md and "roc_strong.png" in md
+    assert f"{N_TEST} (" in md  # n per set
+
+
+def test_table1(sweep):
+    root, _ = sweep
+    t1 = pd.read_csv(root / "report" / "table1_baseline.csv", keep_default_na=False)
+    assert {"Age, year", "Sex", "Tumor diameter, cm", "Tumor diameter", "WHO/ISUP grade"} <= set(t1["variable"])
+    grade = t1[(t1.variable == "WHO/ISUP grade") & (t1.level == "")].iloc[0]
+    assert grade["test_name"] in ("chi-square", "Fisher exact")
+    assert 0 <= float(grade["p"]) <= 1
+
+
+def test_sweep_without_any_job_still_reports(tmp_path):
+    (tmp_path / "0_UP_strong").mkdir()
+    (tmp_path / "0_UP_strong" / "error.txt").write_text("boom")
+    assert main([str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "0_UP_strong" in md and "boom" in md and "Models available: 0 of 6" in md
+    assert not (tmp_path / "report" / "table1_baseline.csv").exists()
+    assert main([str(tmp_path / "nope")]) == 2
+
+
+def test_rerun_is_idempotent(sweep):
+    root, _ = sweep
+    before = (root / "report" / "table2_strong.csv").read_text()
+    write_report(root)
+    assert (root / "report" / "table2_strong.csv").read_text() == before
