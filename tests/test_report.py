@@ -211,3 +211,17 @@ def test_rerun_is_idempotent(sweep):
     before = (root / "report" / "table2_strong.csv").read_text()
     write_report(root)
     assert (root / "report" / "table2_strong.csv").read_text() == before
+
+
+def test_phase_from_config_or_metrics_when_folder_name_is_unusual(tmp_path):
+    from src.reporting.sweep import load_job
+
+    d = _make_job(tmp_path, 9, "NP", "weak")
+    renamed = d.rename(tmp_path / "job_a")
+    (renamed / ".hydra" / "config.yaml").write_text("phase: NP\nsupervision:\n  name: weak\n")
+    job = load_job(renamed)
+    assert (job.phase, job.supervision, job.status) == ("NP", "weak", "ok")
+    (renamed / ".hydra" / "config.yaml").unlink()
+    job = load_job(renamed)  # falls back to metrics.json
+    assert (job.phase, job.supervision) == ("NP", "weak")
+    assert set(job.slices) == {"train", "test"}

@@ -124,16 +124,17 @@ def load_job(job_dir: Path) -> Job:
                 metrics, metrics_error = {}, "metrics.json is not an object"
         except (OSError, ValueError) as exc:
             metrics_error = f"unreadable metrics.json ({exc})"
-    phase = (
-        _norm_phase(_dig(cfg, "phase.name"))
-        or _norm_phase(cfg.get("phase") if isinstance(cfg.get("phase"), str) else None) or _norm_phase(metrics.get("phase")) or _norm_phase(m and m.group("phase"))
-    )
-    sup = (
-        _norm_sup(_dig(cfg, "supervision.name"))
-        or _norm_sup(cfg.get("supervision") if isinstance(cfg.get("supervision"), str) else None)
-        or _norm_sup(metrics.get("supervision"))
-        or _norm_sup(m and m.group("sup"))
-    )
+
+    def pick(key: str, norm, dir_group: str):
+        nested = _dig(cfg, f"{key}.name")
+        flat = cfg.get(key) if isinstance(cfg.get(key), str) else None
+        for v in (nested, flat, metrics.get(key), m and m.group(dir_group)):
+            if norm(v) is not None:
+                return norm(v)
+        return None
+
+    phase = pick("phase", _norm_phase, "phase")
+    sup = pick("supervision", _norm_sup, "sup")
     job = Job(job_dir, int(m.group("n")) if m else None, phase, sup, metrics=metrics)
 
     err = job_dir / "error.txt"

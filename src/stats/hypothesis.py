@@ -61,9 +61,7 @@ def mcnemar_result(correct_a, correct_b, exact: bool = True, correction: bool = 
         raise ValueError("correct_a and correct_b must be paired (same length)")
     table = np.array([[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]], dtype=int)
     n01, n10 = int(table[0, 1]), int(table[1, 0])
-    method = (
-        "exact binomial" if exact else ("chi-square (continuity corrected)" if correction else "chi-square")
-    )
+    method = "exact binomial" if exact else ("chi-square (continuity corrected)" if correction else "chi-square")
     if n01 + n10 == 0:
         return McNemarResult(0.0, 1.0, n01, n10, int(a.size), method)
     res = _sm_mcnemar(table, exact=exact, correction=correction)
