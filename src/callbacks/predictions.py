@@ -1,0 +1,132 @@
+"""Test-time predictions -> CSV files and metrics.json (rank 0), and the test metrics to the logger.
+
+At the end of the test pass the callback gathers every process's predictions (with their patient
+and slice ids), drops any duplicate (patient, slice) pair, aggregates slices to patients for the
+weak model, scores each evaluation set with ``src.stats`` and writes, in the job folder:
+
+- ``predictions/{set}.csv``: ``patient_id,label,prob_high,pred`` (patient level);
+- weak: ``predictions/{set}_slices.csv``: ``patient_id,slice_index,label,prob_high``;
+- ``metrics.json``: ``{set}_auc`` (+ ``_low``/``_high``, DeLong 95% CI), ``{set}_accuracy``,
+  ``{set}_sensitivity``, ``{set}_specificity``, ``n_{set}``; weak also ``{set}_slice_*``.
+Files are written to a temporary name and renamed (never half-written).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
+
+
+def score(labels: np.ndarray, prob_high: np.ndarray, pred: np.ndarray, prefix: str) -> dict[str, float]:
+    """AUC (DeLong 95% CI), accuracy, sensitivity, specificity of one set (NaN where undefined)."""
+    from src.stats import auc_ci, threshold_metrics
+
+    out: dict[str, float] = {f"n_{prefix}": int(len(labels))}
+    if len(np.unique(labels)) == 2:
+        auc = auc_ci(labels, prob_high)
+        out.update({f"{prefix}_auc": auc.auc, f"{prefix}_auc_low": auc.low, f"{prefix}_auc_high": auc.high})
+    else:
+        out.update({f"{prefix}_auc": float("nan"), f"{prefix}_auc_low": float("nan"),
+                    f"{prefix}_auc_high": float("nan")})
+    tm = threshold_metrics(labels, y_pred=pred)
+    out.update({f"{prefix}_accuracy": tm.accuracy.value, f"{prefix}_sensitivity": tm.sensitivity.value,
+                f"{prefix}_specificity": tm.specificity.value})
+    return {k: (float(v) if not isinstance(v, int) else v) for k, v in out.items()}
+
+
+def gather_outputs(outputs: list[dict[str, torch.Tensor]]) -> pd.DataFrame:
+    """Concatenate this process's outputs, all-gather across processes, de-duplicate, sort."""
+    if outputs:
+        local = {k: torch.cat([o[k] for o in outputs]).numpy() for k in outputs[0]}
+    else:
+        local = {"patient": np.zeros(0, int), "slice": np.zeros(0, int), "label": np.zeros(0, int),
+                 "prob": np.zeros((0, 2), np.float32)}
+    parts = [local]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, local)
+    df = pd.DataFrame({
+        "patient": np.concatenate([p["patient"] for p in parts]).astype(int),
+        "slice": np.concatenate([p["slice"] for p in parts]).astype(int),
+        "label": np.concatenate([p["label"] for p in parts]).astype(int),
+        "p_low": np.concatenate([p["prob"][:, 0] for p in parts]).astype(np.float64),
+        "p_high": np.concatenate([p["prob"][:, 1] for p in parts]).astype(np.float64),
+    })
+    return df.drop_duplicates(["patient", "slice"]).sort_values(["patient", "slice"]).reset_index(drop=True)
+
+
+class PredictionWriter(L.Callback):
+    def __init__(self, output_dir: str, aggregation: dict | None = None, meta: dict | None = None):
+        self.output_dir = Path(output_dir)
+        self.meta = dict(meta or {})
+        self.aggregation = {"method": "chain", "iou_threshold": 0.3, "min_consecutive": 4, **(aggregation or {})}
+        self.metrics: dict[str, float] = {}
+
+    def _patients(self, df: pd.DataFrame, dm) -> pd.DataFrame:
+        if (df["slice"] < 0).all():  # strong: one row per patient already
+            out = df[["patient", "label", "p_high"]].rename(columns={"p_high": "prob_high"})
+            out["pred"] = (out["prob_high"] > 0.5).astype(int)
+            return out
+        from src.callbacks.aggregation import aggregate_patient
+
+        rows = []
+        for pid, g in df.groupby("patient", sort=True):
+            masks = np.stack([dm.slice_mask(pid, int(z)) for z in g["slice"]])
+            res = aggregate_patient(g["slice"].to_numpy(), g[["p_low", "p_high"]].to_numpy(), masks,
+                                    **self.aggregation)
+            rows.append({"patient": pid, "label": int(g["label"].iloc[0]), "prob_high": res.prob_high,
+                         "pred": int(res.pred)})
+        return pd.DataFrame(rows)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        names = dm.test_set_names()
+        metrics: dict[str, float] = {}
+        frames: dict[str, pd.DataFrame] = {}
+        for idx, name in enumerate(names):
+            df = gather_outputs(pl_module.eval_outputs.get(idx, []))
+            if df.empty:
+                continue
+            patients = self._patients(df, dm)
+            patients.insert(0, "patient_id", [dm.patient_ids[i] for i in patients["patient"]])
+            frames[name] = patients.drop(columns="patient")[["patient_id", "label", "prob_high", "pred"]]
+            metrics.update(score(patients["label"].to_numpy(), patients["prob_high"].to_numpy(),
+                                 patients["pred"].to_numpy(), name))
+            if (df["slice"] >= 0).any():
+                slices = pd.DataFrame({"patient_id": [dm.patient_ids[i] for i in df["patient"]],
+                                       "slice_index": df["slice"], "label": df["label"], "prob_high": df["p_high"]})
+                frames[f"{name}_slices"] = slices
+                metrics.update(score(df["label"].to_numpy(), df["p_high"].to_numpy(),
+                                     (df["p_high"] > 0.5).astype(int).to_numpy(), f"{name}_slice"))
+        self.metrics = metrics
+        loggable = {k: v for k, v in metrics.items() if np.isfinite(v)}
+        for logger in trainer.loggers if trainer.is_global_zero else []:
+            logger.log_metrics(loggable, step=trainer.global_step)
+        if trainer.is_global_zero:
+            for fname, frame in frames.items():
+                atomic_write_csv(self.output_dir / "predictions" / f"{fname}.csv", frame)
+            summary = {**self.meta, **metrics}
+            if any(name.endswith("_slices") for name in frames):
+                summary["aggregation"] = self.aggregation["method"]
+            atomic_write_text(self.output_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            log.info("test: %s", ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
+                                           if k.startswith("test_") and not k.endswith(("_low", "_high"))))

@@ -1,0 +1,23 @@
+"""ResNet-18 builders (MONAI), 3D for the strong ROI model and 2D for the weak slice model.
+
+Stems are chosen deliberately and stay configurable (``conv1_t_size``, ``conv1_t_stride``,
+``no_max_pool``):
+- 2D (256^2 slices): the standard ResNet-18 stem, 7x7 stride 2 + max-pool (as torchvision, which is
+  what "2D ResNet-18" means in the paper). MONAI's default stem has stride 1 and costs ~4x the
+  compute at 256^2; layer4 is an 8x8 map here.
+- 3D (32^3 ROIs): a 3x3x3 stride-1 stem + max-pool. A stride-2 stem would leave layer4 a 1^3 map
+  (useless for Grad-CAM); stride 1 + max-pool leaves 2^3, as MONAI's default 7^3 stem does, at
+  ~1/12 of that stem's cost (the stem is ~20% of the 3D network's FLOPs at 32^3).
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+
+def resnet18(spatial_dims: int, in_channels: int = 1, num_classes: int = 2, conv1_t_size: int = 7,
+             conv1_t_stride: int = 2, no_max_pool: bool = False, widen_factor: float = 1.0) -> nn.Module:
+    from monai.networks.nets import resnet18 as monai_resnet18
+
+    return monai_resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
+                          conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool,
+                          widen_factor=widen_factor, pretrained=False)
