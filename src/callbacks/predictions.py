@@ -6,6 +6,7 @@ weak model, scores each evaluation set with ``src.stats`` and writes, in the job
 
 - ``predictions/{set}.csv``: ``patient_id,label,prob_high,pred`` (patient level);
 - weak: ``predictions/{set}_slices.csv``: ``patient_id,slice_index,label,prob_high``;
+- ``cohort.csv``: patient_id, grade, split and clinical columns (Table 1 of the report);
 - ``metrics.json``: ``{set}_auc`` (+ ``_low``/``_high``, DeLong 95% CI), ``{set}_accuracy``,
   ``{set}_sensitivity``, ``{set}_specificity``, ``n_{set}``; weak also ``{set}_slice_*``.
 Files are written to a temporary name and renamed (never half-written).
@@ -124,6 +125,8 @@ class PredictionWriter(L.Callback):
         if trainer.is_global_zero:
             for fname, frame in frames.items():
                 atomic_write_csv(self.output_dir / "predictions" / f"{fname}.csv", frame)
+            if hasattr(dm, "cohort_table"):
+                atomic_write_csv(self.output_dir / "cohort.csv", dm.cohort_table())
             summary = {**self.meta, **metrics}
             if any(name.endswith("_slices") for name in frames):
                 summary["aggregation"] = self.aggregation["method"]

@@ -160,6 +160,17 @@ class GradeDataModule(L.LightningDataModule):
                     self.slice_masks[(idx, int(z))] = packed
         self.datasets = {name: self._dataset(r) for name, r in rows.items() if r}
 
+    def cohort_table(self):
+        """patient_id, grade, split (train/test; validation patients count as train) and the clinical
+        columns of the manifest that exist (for Table 1)."""
+        from src.data.manifest import read_manifest
+
+        df = read_manifest(self.manifest_path())
+        df = df[df["patient_id"].str.strip().isin(self.splits)].copy()
+        df["split"] = [("test" if self.splits[p.strip()] == "test" else "train") for p in df["patient_id"]]
+        keep = [c for c in ("patient_id", "grade", "split", "age", "sex", "diameter_cm", "side", "site") if c in df]
+        return df[keep]
+
     def slice_mask(self, patient: int, slice_index: int) -> np.ndarray:
         """Boolean (H, W) tumour mask of one cached lesion slice (weak supervision)."""
         packed = self.slice_masks[(patient, slice_index)]

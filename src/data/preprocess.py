@@ -30,6 +30,7 @@ from monai.transforms import (
 )
 
 KEYS = ("image", "mask")
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # affines are RAS (see src/data/io.py)
 
 
 def tumour_mask(mask: torch.Tensor, label: int | None) -> torch.Tensor:
@@ -59,33 +60,6 @@ def _bbox(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return idx.min(0).values.numpy(), idx.max(0).values.numpy()
 
 
-class ResizeSplined(MapTransform):
-    """Resize to ``spatial_size`` with a B-spline of order ``mode`` (3 = cubic) via MONAI's Affine.
-
-    The scale maps the input's full extent onto the output grid (grid_mode semantics, identical to
-    ``scipy.ndimage.zoom(order=3, grid_mode=True)``).
-    """
-
-    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int], mode=3):
-        super().__init__(keys)
-        self.spatial_size = tuple(int(s) for s in spatial_size)
-        self.mode = mode if isinstance(mode, (list, tuple)) else [mode] * len(self.keys)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        from monai.transforms import Affine
-
-        d = dict(data)
-        for k, mode in zip(self.keys, self.mode):
-            if k not in d:
-                continue
-            x = d[k]
-            scale = [i / o for i, o in zip(x.shape[1:], self.spatial_size)]
-            aff = Affine(scale_params=scale, spatial_size=self.spatial_size, mode=mode,
-                         padding_mode="border", image_only=True)
-            d[k] = aff(x.as_tensor() if hasattr(x, "as_tensor") else x)
-        return d
-
-
 def _margin_voxels(spacing: Sequence[float], margin_mm: Sequence[float]) -> list[int]:
     return [math.ceil(m / float(s)) for s, m in zip(spacing, margin_mm)]
 
@@ -95,7 +69,7 @@ def roi_transforms(spacing: Sequence[float], context_mm: Sequence[float], target
     """Strong pipeline, common part: RAS, crop the tumour box plus context, resample to 1 mm (cubic)."""
     return Compose([
         BinarizeMaskd("mask", label=tumour_label),
-        Orientationd(keys=KEYS, axcodes="RAS"),
+        Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
         CropForegroundd(keys=KEYS, source_key="mask", margin=_margin_voxels(spacing, context_mm),
                         allow_smaller=True),
         Spacingd(keys=KEYS, pixdim=tuple(target_spacing), mode=(3, "nearest"), padding_mode="border"),
@@ -111,8 +85,8 @@ class RoiViewsd(MapTransform):
     all views), instead of rotating the whole 1 mm volume and then resizing it (two interpolations,
     ~30x slower). The cube is centred on the rotated tumour's box; side = its largest extent +
     2 * ``margin`` voxels (``cube=False``: box + margin per axis). Output voxel u samples input position
-    start + (u + 0.5) * side / size (grid mode, as ``scipy.ndimage.zoom(grid_mode=True)``); samples
-    outside the volume take the nearest edge value. Output: (n_views, *size), views as channels.
+    start + (u + 0.5) * side / size; at angle 0 this is exactly ``scipy.ndimage.zoom(order=3,
+    grid_mode=True, mode="reflect")`` of the cube (tested); samples outside the volume are mirrored. Output: (n_views, *size), views as channels.
     """
 
     def __init__(self, keys: KeysCollection = KEYS, size=(32, 32, 32), margin: int = 5, cube: bool = True,
@@ -148,8 +122,8 @@ class RoiViewsd(MapTransform):
             x = np.asarray(d[k][0], dtype=np.float64)
             order = 0 if k == self.mask_key else 3
             if order > 1:
-                x = ndi.spline_filter(x, order=order, mode="nearest")
-            views = [ndi.map_coordinates(x, c, order=order, mode="nearest", prefilter=False) for c in coords]
+                x = ndi.spline_filter(x, order=order, mode="reflect")
+            views = [ndi.map_coordinates(x, c, order=order, mode="reflect", prefilter=False) for c in coords]
             d[k] = torch.from_numpy(np.stack(views).astype(np.float32))
         return d
 
@@ -190,7 +164,7 @@ def slice_transforms(size=(256, 256), tumour_label: int | None = None, min_voxel
     """The weak pipeline: every tumour slice, z-scored per slice, resized to ``size``."""
     return Compose([
         BinarizeMaskd("mask", label=tumour_label),
-        Orientationd(keys=KEYS, axcodes="RAS"),
+        Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
         LesionSlicesd(keys=KEYS, min_voxels=min_voxels),
         NormalizeIntensityd(keys="image", channel_wise=True),
         Resized(keys=KEYS, spatial_size=tuple(size), mode=("bilinear", "nearest"),
@@ -223,6 +197,8 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
 def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = None,
                     min_voxels: int = 1) -> dict[str, np.ndarray]:
     """Lesion slices of one case: ``slices`` (n, H, W) float16, ``masks`` packed bits, ``slice_index``."""
+    if not bool(tumour_mask(torch.as_tensor(mask), tumour_label).any()):
+        raise ValueError("empty tumour mask")
     d = slice_transforms(size, tumour_label, min_voxels)({"image": image, "mask": mask})
     img = np.asarray(d["image"], dtype=np.float32)
     msk = np.asarray(d["mask"]) > 0.5

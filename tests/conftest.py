@@ -1,0 +1,45 @@
+"""Shared fixtures: real configs composed with Hydra's compose API, outputs in tmp_path."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+SHARED = ROOT.parent / "shared"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose_cfg(overrides: list[str], out_dir: Path, data_root: Path) -> DictConfig:
+    """Compose conf/train.yaml like the CLI does, with outputs and caches under pytest's folders."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.paths.log_dir = str(out_dir)
+        cfg.paths.data_dir = str(data_root / "data")
+        cfg.paths.cache_dir = str(data_root / "cache")
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """One synthetic cohort + cache for the whole session (generation is deterministic)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def cfg_factory(tmp_path, data_root):
+    def make(*overrides: str, out: Path | None = None) -> DictConfig:
+        return compose_cfg(["experiment=smoke", *overrides], out or tmp_path / "job", data_root)
+
+    return make

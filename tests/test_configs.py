@@ -1,0 +1,59 @@
+"""Config composition: every phase x supervision, trainers, loggers, data sources."""
+import itertools
+
+import pytest
+from hydra.utils import instantiate
+
+PHASES, SUPERVISIONS = ("UP", "CMP", "NP"), ("strong", "weak")
+
+
+@pytest.mark.parametrize(("phase", "supervision"), list(itertools.product(PHASES, SUPERVISIONS)))
+def test_six_combinations_compose(cfg_factory, phase, supervision):
+    cfg = cfg_factory(f"phase={phase}", f"supervision={supervision}")
+    assert cfg.phase.name == phase and cfg.data.phase == phase
+    assert cfg.supervision.name == supervision and cfg.data.supervision == supervision
+    dims = {"strong": 3, "weak": 2}[supervision]
+    assert cfg.model.net.spatial_dims == dims
+    # the stems are the documented ones
+    assert (cfg.model.net.conv1_t_size, cfg.model.net.conv1_t_stride) == ((3, 1) if dims == 3 else (7, 2))
+    net = instantiate(cfg.model.net)
+    assert net.fc.out_features == 2 and net.conv1.in_channels == 1
+
+
+def test_paper_defaults(tmp_path, data_root):
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg([], tmp_path, data_root)  # no experiment preset: the paper's settings
+    assert list(cfg.preprocess.roi_size) == [32, 32, 32]
+    assert list(cfg.preprocess.slice_size) == [256, 256]
+    assert list(cfg.preprocess.angles) == [30, 60, 90, 180]
+    assert cfg.preprocess.spacing_mm == 1.0
+    assert cfg.data.synthetic.n_patients == 306 and round(306 * cfg.data.synthetic.high_fraction) == 141
+    assert cfg.data.split.test_fraction == 0.3
+    assert cfg.callbacks.predictions.aggregation.iou_threshold == 0.3
+    assert cfg.callbacks.predictions.aggregation.min_consecutive == 4
+
+
+def test_seed_zero_is_kept(cfg_factory):
+    cfg = cfg_factory("seed=0")
+    assert cfg.seed == 0 and cfg.data.seed == 0 and cfg.data.synthetic.seed == 0
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_cpu"])
+def test_trainers_compose(cfg_factory, trainer):
+    cfg = cfg_factory(f"trainer={trainer}")
+    assert cfg.trainer.use_distributed_sampler is False
+    if trainer.startswith("ddp"):
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm is True
+    if trainer == "ddp_cpu":
+        assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 2
+
+
+def test_manifest_data_requires_a_path(cfg_factory):
+    from omegaconf.errors import MissingMandatoryValue
+
+    cfg = cfg_factory("data=manifest")
+    with pytest.raises(MissingMandatoryValue):
+        _ = cfg.data.manifest
+    cfg = cfg_factory("data=manifest", "data.manifest=/some/manifest.csv")
+    assert cfg.data.manifest == "/some/manifest.csv"  # a manifest wins over the synthetic cohort
