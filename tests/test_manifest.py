@@ -36,7 +36,8 @@ def test_per_phase_mask_columns_win(cohort, tmp_path):
 
 
 @pytest.mark.parametrize(("edit", "pattern"), [
-    (lambda df: df.__setitem__("grade", ["5"] + list(df["grade"][1:])), r"patient SYN0000, file .*manifest.csv: grade '5'"),
+    (lambda df: df.__setitem__("grade", ["5"] + list(df["grade"][1:])),
+     r"patient SYN0000, file .*manifest.csv: grade '5'"),
     (lambda df: df.__setitem__("grade", ["x"] + list(df["grade"][1:])), r"patient SYN0000.*grade 'x'"),
     (lambda df: df.__setitem__("CMP_image", ["images/nope.nii.gz"] + list(df["CMP_image"][1:])),
      r"patient SYN0000, file .*images/nope.nii.gz: file not found"),
