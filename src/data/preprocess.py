@@ -86,7 +86,8 @@ class RoiViewsd(MapTransform):
     ~30x slower). The cube is centred on the rotated tumour's box; side = its largest extent +
     2 * ``margin`` voxels (``cube=False``: box + margin per axis). Output voxel u samples input position
     start + (u + 0.5) * side / size; at angle 0 this is exactly ``scipy.ndimage.zoom(order=3,
-    grid_mode=True, mode="reflect")`` of the cube (tested); samples outside the volume are mirrored. Output: (n_views, *size), views as channels.
+    grid_mode=True, mode="reflect")`` of the cube (tested); samples outside the volume are mirrored.
+    Output: (n_views, *size), the views as channels.
     """
 
     def __init__(self, keys: KeysCollection = KEYS, size=(32, 32, 32), margin: int = 5, cube: bool = True,
