@@ -3,16 +3,24 @@
 Composes the config, instantiates data, model, callbacks, loggers and trainer, fits, tests the
 selected checkpoint on the training and held-out patients, and returns the metrics. Heavy imports
 live inside the functions so that ``--help`` and ``--cfg job`` stay fast.
+
+Sweeps: a job that fails is recorded (``error.txt`` in its folder), the other jobs run, and the
+process exits non-zero at the end. ``resume=true`` with the same ``hydra.sweep.dir`` (or
+``hydra.run.dir``) skips finished jobs and continues unfinished ones from ``checkpoints/last.ckpt``.
 """
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from src.utils import runtime
 
 log = logging.getLogger(__name__)
+OmegaConf.register_new_resolver("basename", lambda p: Path(str(p)).name, replace=True)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -23,33 +31,66 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule = instantiate(cfg.model)
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        from omegaconf import OmegaConf
-
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule)
-    ckpt = trainer.checkpoint_callback
-    use_best = cfg.get("test_ckpt", "best") == "best" and ckpt is not None and ckpt.best_model_path
-    trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None, weights_only=True)
+    try:
+        if cfg.get("fit", True):
+            last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+            resume = str(last) if cfg.get("resume", False) and last.is_file() else None
+            if resume:
+                log.info("resuming from %s", resume)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+            ckpt = trainer.checkpoint_callback
+            best = cfg.get("test_ckpt", "best") == "best" and ckpt is not None and ckpt.best_model_path
+            test_ckpt = "best" if best else None
+        else:  # evaluate a given checkpoint
+            test_ckpt = cfg.ckpt_path
+        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+    except BaseException:
+        runtime.stop_ddp_children(trainer)  # never leave other ranks waiting on a dead job
+        raise
     writer = next(c for c in callbacks if hasattr(c, "metrics") and hasattr(c, "aggregation"))
     return writer.metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from src.errors import InputError
 
-    try:
-        metrics = train(cfg)
-    except InputError as exc:  # a user error: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    job_dir = Path(cfg.paths.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN and not runtime.is_ddp_child()
+    if cfg.get("resume", False) and runtime.job_status(job_dir) == "done":
+        log.info("resume: %s is finished, skipped", job_dir.name)
+        return runtime.load_metrics(job_dir).get("test_auc")
+    (job_dir / "error.txt").unlink(missing_ok=True)
+    with runtime.job_scope(job_dir):
+        try:
+            metrics = train(cfg)
+        except Exception as exc:
+            if runtime.is_ddp_child():
+                raise
+            runtime.record_failure(job_dir, exc)
+            if multirun:  # one failed job never sinks the sweep
+                log.error("job %s failed: %s: %s (details in error.txt)", job_dir.name, type(exc).__name__, exc)
+                runtime.FAILED_JOBS.append(job_dir.name)
+                return None
+            if isinstance(exc, InputError):  # a user error: one line, no traceback
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+            raise
     return metrics.get("test_auc")
 
 
 if __name__ == "__main__":
+    sys.argv = runtime.child_argv(sys.argv)
     main()
+    if runtime.FAILED_JOBS:
+        print(f"error: {len(runtime.FAILED_JOBS)} job(s) failed: {', '.join(runtime.FAILED_JOBS)}", file=sys.stderr)
+        sys.exit(1)

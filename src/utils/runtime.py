@@ -1,0 +1,103 @@
+"""Job bookkeeping around one training run: DDP children under Hydra, failures, resume, cleanup.
+
+Lightning's DDP launcher re-runs the parent's command line for every extra rank. Under a Hydra
+multirun that command is the whole sweep (``-m phase=UP,CMP,NP ...``), so each child would run its
+own sweep into its own timestamped folders. Rank 0 therefore pins the job: it exports
+``CCRCC_JOB_DIR`` (the job folder, whose ``.hydra/config.yaml`` holds the composed config) before
+the Trainer starts the children, and ``child_argv`` turns a child's command line into "run exactly
+that one job, in that folder, writing no Hydra files". After each job the parent's process group,
+the launcher's environment variables and torch's thread count are restored, so the next job of the
+sweep starts clean.
+"""
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+JOB_DIR_ENV = "CCRCC_JOB_DIR"
+_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK",
+                 "OMP_NUM_THREADS", "PL_GLOBAL_SEED", "PL_SEED_WORKERS", JOB_DIR_ENV)
+FAILED_JOBS: list[str] = []
+
+
+def is_ddp_child() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 and JOB_DIR_ENV in os.environ
+
+
+def child_argv(argv: list[str]) -> list[str]:
+    """Command line for a DDP child (local rank > 0): the parent's job, from its saved config."""
+    if not is_ddp_child():
+        return argv
+    job = Path(os.environ[JOB_DIR_ENV])
+    rank = os.environ["LOCAL_RANK"]
+    return [argv[0], "--config-path", str(job / ".hydra"), "--config-name", "config",
+            f"hydra.run.dir={job}", "hydra.output_subdir=null", f"hydra.job.name=rank{rank}"]
+
+
+def stop_ddp_children(trainer) -> None:
+    """Kill the DDP child processes this process launched (after a failure on rank 0)."""
+    for proc in getattr(getattr(trainer.strategy, "launcher", None), "procs", []) or []:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def job_status(job_dir: Path) -> str:
+    """'done' (metrics.json, no error.txt), 'failed' (error.txt), 'partial' (last.ckpt) or 'new'."""
+    if (job_dir / "error.txt").exists():
+        return "failed"
+    if (job_dir / "metrics.json").exists():
+        return "done"
+    if (job_dir / "checkpoints" / "last.ckpt").exists():
+        return "partial"
+    return "new"
+
+
+def record_failure(job_dir: Path, exc: BaseException) -> Path:
+    """Write the error and its traceback to ``job_dir/error.txt`` (atomically)."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / "error.txt"
+    tmp = job_dir / f".error.txt.{os.getpid()}.tmp"
+    text = f"{type(exc).__name__}: {exc}\n\n" + "".join(traceback.format_exception(exc))
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def load_metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+@contextmanager
+def job_scope(job_dir: Path):
+    """Pin the job folder for DDP children; afterwards restore env, threads and the process group,
+    and finish any wandb run (also when the job fails)."""
+    import torch
+
+    saved = {k: os.environ.get(k) for k in _LAUNCHER_ENV}
+    threads = torch.get_num_threads()
+    if os.environ.get("WANDB_MODE", None) == "":  # an empty WANDB_MODE crashes wandb
+        del os.environ["WANDB_MODE"]
+    if not is_ddp_child():
+        os.environ[JOB_DIR_ENV] = str(job_dir)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        import sys
+
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish(exit_code=0 if ok else 1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        torch.set_num_threads(threads)

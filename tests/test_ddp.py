@@ -1,0 +1,87 @@
+"""DDP on CPU (gloo, 2 processes) under Hydra multirun, and metrics that do not depend on the process count."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args, log_dir, data_root, timeout=900):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("LOCAL_RANK", None)
+    return subprocess.run([sys.executable, "-m", "src.train", *args, f"paths.log_dir={log_dir}",
+                           f"paths.data_dir={data_root}/data", f"paths.cache_dir={data_root}/cache"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_ddp_cpu_six_job_sweep_layout(tmp_path, data_root):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", "phase=UP,CMP,NP", "supervision=strong,weak", "trainer=ddp_cpu", "experiment=smoke",
+                 "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"], tmp_path, data_root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # exactly one sweep folder with six job folders; no stray folders from the child processes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+    entries = sorted(p.name for p in sweep.iterdir())
+    jobs = ["0_UP_strong", "1_UP_weak", "2_CMP_strong", "3_CMP_weak", "4_NP_strong", "5_NP_weak"]
+    assert entries == sorted([*jobs, "manifest.csv", "multirun.yaml", "report"])
+    for job in jobs:
+        d = sweep / job
+        logs = sorted(p.name for p in d.glob("*.log"))
+        assert logs == ["rank1.log", "train.log"]  # one log per rank
+        assert sorted(p.name for p in (d / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+        ckpts = sorted(p.name for p in (d / "checkpoints").iterdir())
+        assert "last.ckpt" in ckpts and len(ckpts) == 2  # best + last, written once (rank 0)
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["n_test"] == 6 and m["n_train"] == 14  # every patient exactly once
+        assert len(pd.read_csv(d / "predictions" / "test.csv")) == 6
+    assert (sweep / "report" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_one_vs_two_processes_identical(cfg_factory, tmp_path, data_root):
+    """The same checkpoint evaluated on 1 and on 2 processes, 7 test patients (odd): same predictions."""
+    sizes = ["data.synthetic.n_patients=23", "supervision=weak", "phase=NP"]
+    cfg = cfg_factory(*sizes, out=tmp_path / "single")
+    single = train(cfg)
+    ckpt = next((tmp_path / "single" / "checkpoints").glob("epoch*.ckpt"))
+    one = pd.read_csv(tmp_path / "single" / "predictions" / "test.csv")
+    assert len(one) == 7
+    r = run_cli(["experiment=smoke", *sizes, "trainer=ddp_cpu", "fit=false", f"ckpt_path={ckpt}",
+                 f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path, data_root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = pd.read_csv(tmp_path / "ddp" / "predictions" / "test.csv")
+    assert list(two.patient_id) == list(one.patient_id)
+    np.testing.assert_array_equal(two.pred, one.pred)
+    np.testing.assert_allclose(two.prob_high, one.prob_high, atol=1e-6)
+    slices1 = pd.read_csv(tmp_path / "single" / "predictions" / "test_slices.csv")
+    slices2 = pd.read_csv(tmp_path / "ddp" / "predictions" / "test_slices.csv")
+    assert len(slices2) == len(slices1)  # no padded duplicates
+    m2 = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    for k in ("test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "test_slice_auc"):
+        assert m2[k] == pytest.approx(single[k], abs=1e-9), k
+
+
+def test_submitit_launcher_composes():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=slurm", "trainer.num_nodes=2", "hydra.launcher.gpus_per_node=8"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == 8 and cfg.hydra.launcher.nodes == 2
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.sync_batchnorm is True
