@@ -47,9 +47,9 @@ def test_paper_scale_class_balance():
 
 def test_grade_signal_is_planted_and_strongest_in_cmp():
     """High grade: larger, enhances less (CMP > NP > UP contrast), more heterogeneous."""
-    spec = SyntheticSpec(shape=(96, 96, 24), seed=0)
+    spec = SyntheticSpec(shape=(64, 64, 20), seed=0)
     stats = {g: {"d": [], **{p: [] for p in PHASES}, "sd": []} for g in (0, 1)}
-    for i in range(40):
+    for i in range(160):
         grade = (1, 2, 3, 4)[i % 4]
         vols, mask, clin = synth_patient(spec, i, grade)
         m = mask.astype(bool)
@@ -62,4 +62,4 @@ def test_grade_signal_is_planted_and_strongest_in_cmp():
     assert np.mean(stats[1]["sd"]) > np.mean(stats[0]["sd"])
     contrast = {p: np.mean(stats[0][p]) - np.mean(stats[1][p]) for p in PHASES}
     assert contrast["CMP"] > contrast["NP"] > abs(contrast["UP"])
-    assert contrast["CMP"] > 40
+    assert contrast["CMP"] > 20

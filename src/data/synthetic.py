@@ -10,11 +10,14 @@ What it plants (per patient, all phases share one geometry and one tumour mask):
   (UP unenhanced, CMP corticomedullary, NP nephrographic), plus Gaussian noise;
 - one tumour in one kidney: a lobulated ellipsoid whose WHO/ISUP grade (1-4) sets, as reported in
   the ccRCC literature,
-  * size: high grade (3-4) larger (mean diameter ~5.6 cm vs ~3.8 cm);
-  * enhancement: high grade enhances less (CMP ~115 vs ~165 HU; NP ~100 vs ~125 HU; UP ~37 vs ~33);
-  * heterogeneity: high grade has a coarser texture and more necrosis (non-enhancing, ~20 HU);
+  * size: high grade (3-4) larger (mean diameter ~5.3 cm vs ~3.9 cm; size alone AUC ~0.74, as the
+    0.744 measured on KiTS23's 307 graded clear-cell cases);
+  * enhancement: high grade enhances less (CMP ~120 vs ~160 HU; NP ~104 vs ~122 HU; UP ~36 vs ~34);
+  * heterogeneity: high grade has a coarser texture and more necrosis (non-enhancing, ~30 HU);
   so the grade contrast is strongest in CMP, weaker in NP and weakest in UP (where only size,
-  shape and a faint necrosis/texture difference remain). Per-patient jitter makes the classes overlap.
+  shape and a faint necrosis/texture difference remain). Per-patient jitter makes the classes overlap:
+  a logistic regression on the tumour's HU mean/SD/percentiles plus its diameter reaches a 5-fold
+  AUC of about 0.75 (UP), 0.90 (NP) and 0.95 (CMP) on 200 patients (measured, generator version 2).
 - clinical columns: age, sex, diameter_cm (the planted maximum diameter), site.
 
 Everything is drawn from ``numpy.random.default_rng([seed, patient_index])``: the same seed and
@@ -36,12 +39,13 @@ from scipy import ndimage as ndi
 from src.data.io import write_image
 
 PHASES = ("UP", "CMP", "NP")
+GENERATOR_VERSION = 2  # bump whenever what is generated changes (part of the cohort folder key)
 
 # Mean tumour HU per phase for (low grade, high grade) and per-patient jitter (SD).
-TUMOUR_HU = {"UP": (33.0, 37.0, 6.0), "CMP": (165.0, 115.0, 28.0), "NP": (125.0, 102.0, 22.0)}
+TUMOUR_HU = {"UP": (34.0, 36.0, 6.0), "CMP": (160.0, 120.0, 40.0), "NP": (122.0, 104.0, 28.0)}
 # Texture amplitude (HU) of the tumour's smooth random field, (low, high).
-TEXTURE_HU = {"UP": (3.0, 5.0), "CMP": (14.0, 32.0), "NP": (9.0, 18.0)}
-NECROSIS_HU = 20.0
+TEXTURE_HU = {"UP": (4.0, 4.5), "CMP": (16.0, 24.0), "NP": (10.0, 13.0)}
+NECROSIS_HU = {"UP": 30.0, "CMP": 32.0, "NP": 32.0}
 KIDNEY_HU = {"UP": (32.0, 32.0), "CMP": (185.0, 75.0), "NP": (145.0, 140.0)}  # cortex, medulla
 AORTA_HU = {"UP": 42.0, "CMP": 320.0, "NP": 170.0}
 
@@ -64,7 +68,7 @@ class SyntheticSpec:
         return tuple(float(f) / int(s) for f, s in zip(self.fov_mm, self.shape))
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "version": 1}, sort_keys=True, default=list)
+        blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -109,7 +113,7 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
     kid_c = np.array([(-1) ** (side + 1) * rng.uniform(60, 75), -b + rng.uniform(55, 70), rng.uniform(-15, 15)])
     kid_axes = np.array([rng.uniform(26, 32), rng.uniform(22, 27), rng.uniform(48, 58)])
 
-    mean_d, sd_d = (5.6, 2.1) if high else (3.8, 1.3)
+    mean_d, sd_d = (5.3, 2.2) if high else (3.9, 1.5)
     diameter = float(np.clip(rng.normal(mean_d, sd_d), 1.5, 11.0)) * 10.0  # mm
     r = diameter / 2
     axes_t = r * rng.uniform(0.85, 1.0, size=3)
@@ -154,7 +158,7 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
         tumour[tuple(ci - b_.start for ci, b_ in zip(c, box))] = True
     texture = _smooth_field(bshape, np.maximum(3.0 / sp, 0.5), rng)
     nec_field = _smooth_field(bshape, np.maximum(6.0 / sp, 0.5), rng) - 1.5 * tr  # central necrosis
-    nec_frac = float(np.clip(rng.beta(2, 8) if high else rng.beta(1, 30), 0, 0.6))
+    nec_frac = float(np.clip(rng.beta(1.5, 10) if high else rng.beta(1, 25), 0, 0.6))
     if grade == 4:
         nec_frac = min(0.6, nec_frac * 1.5)
     necrosis = np.zeros(bshape, bool)
@@ -169,7 +173,7 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
         region = vols[p][box]
         hu = mu + tex * texture
         region[tumour] = hu[tumour]
-        region[necrosis] = NECROSIS_HU + 4.0 * texture[necrosis]
+        region[necrosis] = NECROSIS_HU[p] + 4.0 * texture[necrosis]
 
     noise_sd = spec.noise_hu * rng.uniform(0.85, 1.15)
     out = {}
@@ -190,11 +194,30 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
     return out, mask, clinical
 
 
-def generate_cohort(out_dir: str | os.PathLike, spec: SyntheticSpec | None = None, log=None) -> Path:
+def _write_patient(args) -> dict:
+    """Generate and write one patient; return its manifest row (module level: picklable for a pool)."""
+    spec, out_dir, i, grade = args
+    pid = f"SYN{i:04d}"
+    vols, mask, clinical = synth_patient(spec, i, int(grade))
+    row = {"patient_id": pid, "grade": int(grade)}
+    for p in PHASES:
+        rel = f"images/{pid}_{p}.nii.gz"
+        write_image(vols[p], out_dir / rel, spec.spacing)
+        row[f"{p}_image"] = rel
+    write_image(mask, out_dir / f"masks/{pid}_mask.nii.gz", spec.spacing)
+    row["mask"] = f"masks/{pid}_mask.nii.gz"
+    row.update(clinical)
+    return row
+
+
+def generate_cohort(out_dir: str | os.PathLike, spec: SyntheticSpec | None = None, log=None,
+                    workers: int = 0) -> Path:
     """Write the cohort (NIfTI images, masks, ``manifest.csv``) into ``out_dir``; return the manifest.
 
     Idempotent and atomic: an existing complete cohort (``manifest.csv`` present) is reused; a new
-    one is built in a temporary sibling folder and renamed into place at the end.
+    one is built in a temporary sibling folder and renamed into place at the end. ``workers`` > 1
+    generates patients in that many (spawned) processes; every patient draws from its own seeded
+    generator, so the files are byte-identical whatever the number of workers.
     """
     import pandas as pd
 
@@ -209,21 +232,20 @@ def generate_cohort(out_dir: str | os.PathLike, spec: SyntheticSpec | None = Non
     (tmp / "masks").mkdir()
     rng = np.random.default_rng([spec.seed, 10**6])
     grades = grades_for(spec.n_patients, spec.high_fraction, rng)
-    rows = []
-    for i, grade in enumerate(grades):
-        pid = f"SYN{i:04d}"
-        vols, mask, clinical = synth_patient(spec, i, int(grade))
-        row = {"patient_id": pid, "grade": int(grade)}
-        for p in PHASES:
-            rel = f"images/{pid}_{p}.nii.gz"
-            write_image(vols[p], tmp / rel, spec.spacing)
-            row[f"{p}_image"] = rel
-        write_image(mask, tmp / f"masks/{pid}_mask.nii.gz", spec.spacing)
-        row["mask"] = f"masks/{pid}_mask.nii.gz"
-        row.update(clinical)
-        rows.append(row)
-        if log is not None and (i + 1) % 50 == 0:
-            log.info("synthetic cohort: %d/%d patients", i + 1, spec.n_patients)
+    jobs = [(spec, tmp, i, int(g)) for i, g in enumerate(grades)]
+    workers = min(int(workers), len(jobs))
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            rows = list(pool.map(_write_patient, jobs, chunksize=1))
+    else:
+        rows = []
+        for i, job in enumerate(jobs):
+            rows.append(_write_patient(job))
+            if log is not None and (i + 1) % 50 == 0:
+                log.info("synthetic cohort: %d/%d patients", i + 1, spec.n_patients)
     pd.DataFrame(rows).to_csv(tmp / "manifest.csv", index=False)
     (tmp / "README.txt").write_text("SYNTHETIC ccRCC cohort generated by src/data/synthetic.py "
                                     f"(spec {json.dumps(asdict(spec), default=list)}). Not patient data.\n")

@@ -101,3 +101,13 @@ def job_scope(job_dir: Path):
             else:
                 os.environ[k] = v
         torch.set_num_threads(threads)
+
+
+def load_checkpoint_state(path: str | Path, prefix: str = "net.") -> dict:
+    """A Lightning checkpoint's network weights, loaded safely (``torch.load(weights_only=True)``:
+    tensors and plain containers only; a checkpoint carrying code is refused, never executed)."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("state_dict", ckpt)
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -1,0 +1,162 @@
+"""Reliability: determinism, resume after SIGKILL, sweep isolation, NaN guard, atomic writes, safe loading."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from src.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cli(args, data_root):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return [sys.executable, "-m", "src.train", *args, f"paths.data_dir={data_root}/data",
+            f"paths.cache_dir={data_root}/cache"], env
+
+
+def test_same_seed_same_bytes(cfg_factory, tmp_path):
+    a = train(cfg_factory("supervision=weak", "seed=0", out=tmp_path / "a"))
+    b = train(cfg_factory("supervision=weak", "seed=0", out=tmp_path / "b"))
+    assert sha(tmp_path / "a/predictions/test.csv") == sha(tmp_path / "b/predictions/test.csv")
+    assert sha(tmp_path / "a/predictions/test_slices.csv") == sha(tmp_path / "b/predictions/test_slices.csv")
+    assert a == b
+    train(cfg_factory("supervision=weak", "seed=1", out=tmp_path / "c"))
+    assert sha(tmp_path / "a/predictions/test.csv") != sha(tmp_path / "c/predictions/test.csv")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted_run(cfg_factory, tmp_path, data_root):
+    args = ["experiment=smoke", "supervision=strong", "phase=NP", "trainer.max_epochs=4"]
+    train(cfg_factory(*args[1:], out=tmp_path / "full"))
+    job = tmp_path / "killed"
+    cmd, env = cli([*args, f"hydra.run.dir={job}"], data_root)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = job / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and torch.load(last, weights_only=True, map_location="cpu")["epoch"] >= 1:
+            break  # epoch 1 is saved: the run is now inside epoch 2
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_epoch = torch.load(last, weights_only=True, map_location="cpu")["epoch"]
+    assert not (job / "metrics.json").exists() and killed_epoch < 3
+    r = subprocess.run(cli([*args, f"hydra.run.dir={job}", "resume=true"], data_root)[0], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from" in (job / "train.log").read_text()
+    assert sha(job / "predictions/test.csv") == sha(tmp_path / "full/predictions/test.csv")
+    assert sha(job / "predictions/train.csv") == sha(tmp_path / "full/predictions/train.csv")
+
+
+@pytest.mark.slow
+def test_failed_job_does_not_sink_the_sweep_and_resume_reruns_it(tmp_path, data_root):
+    from src.data.synthetic import SyntheticSpec, generate_cohort
+
+    src = generate_cohort(tmp_path / "cohort", SyntheticSpec(n_patients=16, shape=(32, 32, 12)))
+    df = pd.read_csv(src)
+    saved = {}
+    for rel in df["NP_image"]:  # make the NP phase unreadable
+        p = src.parent / rel
+        saved[p] = p.read_bytes()
+        p.write_bytes(b"not a nifti file")
+    sweep = tmp_path / "sweep"
+    args = ["-m", "phase=UP,NP", "supervision=strong", "data=manifest", f"data.manifest={src}",
+            "experiment=smoke", f"hydra.sweep.dir={sweep}"]
+    cmd, env = cli(args, data_root)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1
+    assert "1 job(s) failed: 1_NP_strong" in r.stderr
+    err = (sweep / "1_NP_strong" / "error.txt").read_text()
+    assert err.startswith("InputError: patient SYN00") and "cannot read image" in err and "Traceback" in err
+    assert (sweep / "0_UP_strong" / "metrics.json").is_file()
+    report = (sweep / "report" / "report.md").read_text()
+    assert "NP" in report and "fail" in report.lower()
+    # fix the data, resume: only the failed job runs again
+    for p, blob in saved.items():
+        p.write_bytes(blob)
+    before = (sweep / "0_UP_strong" / "metrics.json").stat().st_mtime_ns
+    r = subprocess.run(cli([*args, "resume=true"], data_root)[0], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (sweep / "0_UP_strong" / "metrics.json").stat().st_mtime_ns == before
+    assert (sweep / "1_NP_strong" / "metrics.json").is_file()
+    assert not (sweep / "1_NP_strong" / "error.txt").exists()
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch():
+    from src.models.module import GradeModule
+
+    class NaNNet(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 2), float("nan"))
+
+    module = GradeModule(NaNNet(), optimizer=None)
+    batch = {"image": torch.zeros(2, 1, 4, 4), "label": torch.tensor([0, 1])}
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at epoch 0, batch 7"):
+        module.training_step(batch, 7)
+
+
+def test_atomic_writes_leave_old_file_or_new_file(tmp_path, monkeypatch):
+    from src.callbacks.predictions import atomic_write_csv
+
+    target = tmp_path / "predictions" / "test.csv"
+    atomic_write_csv(target, pd.DataFrame({"a": [1]}))
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        atomic_write_csv(target, pd.DataFrame({"a": [2] * 1000}))
+    assert pd.read_csv(target)["a"].tolist() == [1]  # the reader never sees a half-written file
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path(os.environ['PWNED_PATH'])}",))
+
+
+def test_malicious_checkpoint_is_refused(cfg_factory, tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED_PATH", str(marker))
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, bad)
+    cfg = cfg_factory("supervision=strong", "fit=false", f"ckpt_path={bad}")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        train(cfg)
+    assert not marker.exists()
+    from src.utils.runtime import load_checkpoint_state
+
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        load_checkpoint_state(bad)
+    assert not marker.exists()
+
+
+def test_job_status(tmp_path):
+    from src.utils.runtime import job_status, record_failure
+
+    assert job_status(tmp_path) == "new"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert job_status(tmp_path) == "partial"
+    (tmp_path / "metrics.json").write_text(json.dumps({"test_auc": 0.5}))
+    assert job_status(tmp_path) == "done"
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        record_failure(tmp_path, exc)
+    assert job_status(tmp_path) == "failed"
+    assert (tmp_path / "error.txt").read_text().startswith("ValueError: boom")
+    shutil.rmtree(tmp_path / "checkpoints")
