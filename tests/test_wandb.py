@@ -1,0 +1,48 @@
+"""wandb (offline, no account): one run per job named phase_supervision in the sweep's group; always finished."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_one_offline_run_per_job(tmp_path, data_root):
+    sweep = tmp_path / "sweep_wandb"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    r = subprocess.run([sys.executable, "-m", "src.train", "-m", "phase=UP,CMP", "supervision=strong",
+                        "experiment=smoke", "logger=wandb", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
+                        f"paths.data_dir={data_root}/data", f"paths.cache_dir={data_root}/cache"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for job, name in (("0_UP_strong", b"UP_strong"), ("1_CMP_strong", b"CMP_strong")):
+        runs = list((sweep / job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs  # one run per job, not one run across the sweep
+        blob = next(runs[0].glob("run-*.wandb")).read_bytes()
+        assert name in blob and b"sweep_wandb" in blob  # run name and group (the sweep folder)
+
+
+def test_run_is_finished_when_the_job_fails(tmp_path, monkeypatch):
+    import wandb
+
+    from src.utils.runtime import job_scope
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="job failed"), job_scope(tmp_path):
+        wandb.init(project="ccrcc-grade-test", name="UP_weak", dir=str(tmp_path))
+        assert wandb.run is not None
+        raise RuntimeError("job failed")
+    assert wandb.run is None
+
+
+def test_empty_wandb_mode_is_dropped(tmp_path, monkeypatch):
+    from src.utils.runtime import job_scope
+
+    monkeypatch.setenv("WANDB_MODE", "")
+    with job_scope(tmp_path):
+        assert "WANDB_MODE" not in os.environ
