@@ -123,6 +123,20 @@ def test_atomic_writes_leave_old_file_or_new_file(tmp_path, monkeypatch):
     assert pd.read_csv(target)["a"].tolist() == [1]  # the reader never sees a half-written file
 
 
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    from src.utils.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
+    assert torch.load(target, weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError):
+        io.save_checkpoint({"epoch": 2, "w": torch.ones(10**6)}, target)
+    assert torch.load(target, weights_only=True)["epoch"] == 1  # the old checkpoint is intact
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no temporary left
+
+
 class Payload:
     def __reduce__(self):
         return (os.system, (f"touch {Path(os.environ['PWNED_PATH'])}",))
