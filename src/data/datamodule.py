@@ -51,7 +51,9 @@ class GradeDataModule(L.LightningDataModule):
     def __init__(self, phase: str, supervision: str, cache_dir: str, manifest: str | None = None,
                  synthetic: dict | None = None, data_dir: str | None = None, preprocess: dict | None = None,
                  split: dict | None = None, batch_size: int = 16, eval_batch_size: int | None = None,
-                 num_workers: int = 0, pin_memory: bool = False, tumour_label: int | None = None, seed: int = 0):
+                 num_workers: int = 0, pin_memory: bool = False, tumour_label: int | None = None, seed: int = 0,
+                 kits23_root: str | None = None, kits23: dict | None = None, on_invalid: str = "raise",
+                 geometry_tolerance: dict | None = None):  # issue #6: the last line of arguments
         super().__init__()
         self.phase = check_phase(phase)
         if supervision not in SUPERVISIONS:
@@ -71,9 +73,31 @@ class GradeDataModule(L.LightningDataModule):
         self.splits: dict[str, str] = {}
         self.datasets: dict[str, DictDataset] = {}
         self.slice_masks: dict[tuple[int, int], np.ndarray] = {}
+        # --- begin issue #6 (real data: KiTS23 cohort, up-front validation; src/data/validate.py) ---
+        self.cache_root = Path(cache_dir)
+        self.kits23_root, self.kits23 = kits23_root, dict(kits23 or {})
+        self.on_invalid, self.geometry_tolerance = on_invalid, dict(geometry_tolerance or {})
+        # --- end issue #6 ---
 
     # ---------------------------------------------------------------- cohort and cache
+    # --- begin issue #6: manifest_path() is the manifest to train on (with data.on_invalid=exclude the
+    # validated copy written by prepare_data), _source_manifest() the cohort's own (KiTS23: generated) ---
     def manifest_path(self) -> Path:
+        source = self._source_manifest()
+        if self.on_invalid == "exclude":
+            from src.data.validate import cleaned_manifest_path
+
+            cleaned = cleaned_manifest_path(source, self.cache_root, self.phase)
+            if cleaned.is_file():
+                return cleaned
+        return source
+
+    def _source_manifest(self) -> Path:
+        if self.kits23_root:
+            from src.data.kits23 import kits23_manifest_path
+
+            return kits23_manifest_path(self.kits23_root, self.cache_root, **self.kits23)
+        # --- end issue #6 ---
         if self.manifest:
             return Path(self.manifest)
         from src.data.synthetic import SyntheticSpec
@@ -82,7 +106,13 @@ class GradeDataModule(L.LightningDataModule):
         return self.data_dir / f"synthetic_{spec.key()}" / "manifest.csv"
 
     def _ensure_cohort(self) -> Path:
-        path = self.manifest_path()
+        path = self._source_manifest()  # issue #6
+        # --- begin issue #6: KiTS23 folder -> manifest CSV in the cache (src/data/kits23.py) ---
+        if self.kits23_root:
+            from src.data.kits23 import build_kits23_manifest
+
+            return build_kits23_manifest(self.kits23_root, self.cache_root, phase=self.phase, **self.kits23)
+        # --- end issue #6 ---
         if not self.manifest and not path.exists():
             from src.data.synthetic import SyntheticSpec, generate_cohort
 
@@ -123,7 +153,11 @@ class GradeDataModule(L.LightningDataModule):
             raise
 
     def prepare_data(self) -> None:
-        cases = cases_for_phase(self._ensure_cohort(), self.phase)
+        # --- begin issue #6: validate the whole cohort first (every problem at once; nothing half-written) ---
+        from src.data.validate import validate_datamodule_cohort
+
+        cases = cases_for_phase(validate_datamodule_cohort(self, self._ensure_cohort()), self.phase)
+        # --- end issue #6 ---
         done = cached = 0
         for case in cases:
             key = self._key(case)

@@ -6,6 +6,7 @@ as ``MetaTensor`` with a RAS affine, so MONAI's ``Orientationd``/``Spacingd`` wo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,98 @@ def read_image(path: str | os.PathLike, patient_id: str | None = None) -> sitk.I
     except InputError:
         raise
     except (RuntimeError, OSError, EOFError) as exc:  # SimpleITK raises RuntimeError on corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot read image ({first[:160]})", patient_id, str(path)) from None
+        raise InputError(f"cannot read image ({_short(str(exc) or type(exc).__name__)})", patient_id,
+                         str(path)) from None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """Geometry of an image from its header (no pixel data read)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    dimension: int
+    components: int = 1
+    pixel_type: str = ""
+
+    @classmethod
+    def of(cls, img: sitk.Image) -> ImageHeader:
+        return cls(tuple(img.GetSize()), tuple(img.GetSpacing()), tuple(img.GetOrigin()), tuple(img.GetDirection()),
+                   img.GetDimension(), img.GetNumberOfComponentsPerPixel(), img.GetPixelIDTypeAsString())
+
+
+def is_dicom_folder(path: str | os.PathLike) -> bool:
+    """A folder path is read as a DICOM series folder (any other path as one image file)."""
+    return Path(path).is_dir()
+
+
+def read_header(path: str | os.PathLike, patient_id: str | None = None) -> ImageHeader:
+    """Header geometry of an image file or of a DICOM folder's axial CT series, without pixel data.
+
+    Cheap (a NIfTI header is the first 348 bytes); a truncated .gz is only detected by reading the
+    pixel data (:func:`read_image`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", patient_id, str(path))
+    try:
+        if path.is_dir():
+            from src.data.dicom import series_header
+
+            h = series_header(path, patient_id)
+            return ImageHeader(h.size, h.spacing, h.origin, h.direction, 3, 1, "DICOM")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return ImageHeader(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
+                           tuple(reader.GetDirection()), reader.GetDimension(),
+                           reader.GetNumberOfComponents(), sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+    except InputError:
+        raise
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read image header ({_short(str(exc) or type(exc).__name__)})", patient_id,
+                         str(path)) from None
+
+
+def check_gzip(path: str | os.PathLike, patient_id: str | None = None, chunk: int = 1 << 20) -> None:
+    """Decompress a ``.gz`` file fully (CRC and length checked); InputError if truncated or corrupt.
+
+    Needed because ITK's NIfTI reader silently returns zeros for a truncated ``.nii.gz``.
+    """
+    import zlib
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(chunk)
+            if data[:2] != b"\x1f\x8b":
+                raise InputError("not a gzip file (the name ends in .gz)", patient_id, str(path))
+            while data:  # concatenated members are legal gzip
+                d = zlib.decompressobj(wbits=31)
+                while True:
+                    d.decompress(data)
+                    if d.eof:
+                        data = d.unused_data
+                        break
+                    data = fh.read(chunk)
+                    if not data:
+                        raise InputError("corrupt gzip file (truncated)", patient_id, str(path))
+                if not data:
+                    data = fh.read(chunk)
+                if data and data[:2] != b"\x1f\x8b":
+                    break  # trailing garbage/padding after the last member: gzip tolerates it
+    except zlib.error as exc:
+        raise InputError(f"corrupt gzip file ({exc})", patient_id, str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror or exc})", patient_id, str(path)) from None
+
+
+def _short(message: str) -> str:
+    """SimpleITK error text without its C++ source location prefix, at most 160 characters."""
+    message = " ".join(message.split("sitk::ERROR:")[-1].split())
+    return message[:160]
 
 
 def sitk_affine_ras(img: sitk.Image) -> np.ndarray:

@@ -1,0 +1,401 @@
+"""Input checks: one image/mask pair (geometry, content) and a whole cohort, before any training.
+
+:func:`validate_manifest` checks every row of a manifest for one phase and reports *every* problem
+at once (one line each, naming the patient and the file):
+
+- cohort level (cannot be fixed by dropping patients): unreadable manifest, missing column, no
+  usable rows, a class (low/high) absent from the training or the test set;
+- patient level: empty or duplicate patient id, grade not in 1-4, empty path, bad split value,
+  missing or unreadable file, corrupt gzip, image not 3D or not scalar, image/mask geometry mismatch
+  (size, spacing, origin, direction within :class:`GeometryTolerance`), non-finite image values,
+  mask without tumour (``tumour_label``).
+
+Cost: headers are always read (``ImageFileReader.ReadImageInformation``, or the DICOM series
+headers); pixel data only for pairs not yet in the preprocessing cache (``is_cached``). A pair that
+passed once is recorded under ``<cache_dir>/validation/`` keyed by the files' fingerprints (path,
+size, mtime), so an unchanged cohort is not read again at all (a second run reads no DICOM).
+
+:func:`validate_datamodule_cohort` is what ``GradeDataModule.prepare_data`` calls first:
+``on_invalid=raise`` (default) stops with the list (``InputError``, one line per problem);
+``on_invalid=exclude`` drops the bad patients, logs how many and why, and writes the remaining rows
+(absolute paths) to :func:`cleaned_manifest_path`, which the datamodule then reads.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from src.errors import InputError
+
+log = logging.getLogger(__name__)
+VALIDATION_VERSION = 1
+ON_INVALID = ("raise", "exclude")
+
+
+@dataclass(frozen=True)
+class GeometryTolerance:
+    """How far mask and image headers may differ (floating-point noise of NIfTI/DICOM headers)."""
+
+    spacing_rtol: float = 1e-3       # relative, per axis
+    origin_voxels: float = 0.1       # origin distance, in units of the smallest voxel spacing
+    direction_atol: float = 1e-3     # direction cosines, absolute
+
+
+@dataclass
+class Problem:
+    patient_id: str | None
+    path: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return str(InputError(self.message, self.patient_id, self.path))
+
+
+@dataclass
+class ValidationReport:
+    manifest: Path
+    phase: str
+    n_rows: int = 0
+    problems: list[Problem] = field(default_factory=list)        # patient level
+    cohort_problems: list[Problem] = field(default_factory=list)  # not fixable by exclusion
+    valid_ids: list[str] = field(default_factory=list)
+
+    @property
+    def bad_ids(self) -> list[str]:
+        return list(dict.fromkeys(p.patient_id for p in self.problems if p.patient_id))
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in [*self.cohort_problems, *self.problems]]
+
+    def error(self, hint: str = "") -> InputError:
+        lines = self.lines()
+        head = f"{len(lines)} input problem(s) in {self.manifest} (phase {self.phase}); nothing was trained{hint}:"
+        return InputError("\n".join([head, *(f"  {line}" for line in lines)]))
+
+
+# ------------------------------------------------------------------------------------------- one pair
+def header_problems(header, what: str) -> list[str]:
+    """An image/mask header that cannot be a CT volume."""
+    out = []
+    if header.dimension != 3 or len(header.size) != 3:
+        out.append(f"{what} is {header.dimension}D, expected a 3D volume")
+    elif min(header.size) < 1:
+        out.append(f"{what} has an empty axis (size {tuple(header.size)})")
+    if header.components != 1:
+        out.append(f"{what} has {header.components} components per voxel, expected 1 (scalar)")
+    return out
+
+
+def geometry_problems(image, mask, tol: GeometryTolerance | None = None) -> list[str]:
+    """Differences between image and mask headers (``ImageHeader``-like: size, spacing, origin, direction)."""
+    tol = tol or GeometryTolerance()
+    if tuple(mask.size) != tuple(image.size):
+        return [f"mask size {tuple(mask.size)} differs from image size {tuple(image.size)}"]
+    out = []
+    sp_i, sp_m = np.asarray(image.spacing, float), np.asarray(mask.spacing, float)
+    if np.any(np.abs(sp_i - sp_m) > tol.spacing_rtol * np.abs(sp_i)):
+        out.append(f"mask spacing {_fmt(sp_m)} differs from image spacing {_fmt(sp_i)} mm")
+    dist = float(np.linalg.norm(np.asarray(image.origin, float) - np.asarray(mask.origin, float)))
+    if dist > tol.origin_voxels * float(sp_i.min()):
+        out.append(f"mask origin {_fmt(mask.origin)} differs from image origin {_fmt(image.origin)} "
+                   f"({dist:.3g} mm apart)")
+    if np.abs(np.asarray(image.direction, float) - np.asarray(mask.direction, float)).max() > tol.direction_atol:
+        out.append("mask direction (orientation) differs from image direction")
+    return out
+
+
+def _fmt(v) -> str:
+    return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
+
+
+def pixel_problems(image: sitk.Image, mask: sitk.Image, tumour_label: int | None) -> tuple[list[str], list[str]]:
+    """(image problems, mask problems) from the voxel data."""
+    img_p, msk_p = [], []
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.dtype.kind in "fc":
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            img_p.append(f"image contains {bad} non-finite value(s) (NaN/inf)")
+    m = sitk.GetArrayViewFromImage(mask)
+    has = bool((m > 0).any()) if tumour_label is None else bool((m == tumour_label).any())
+    if not has:
+        what = "any voxel > 0" if tumour_label is None else f"label {tumour_label}"
+        msk_p.append(f"mask contains no tumour ({what}; labels present: {np.unique(m)[:8].tolist()})")
+    return img_p, msk_p
+
+
+def check_pair(image_path, mask_path, patient_id: str | None = None, tumour_label: int | None = None,
+               tol: GeometryTolerance | None = None, read_pixels: bool = True) -> list[Problem]:
+    """Every problem of one image/mask pair (headers; voxel data when ``read_pixels``)."""
+    from src.data.io import check_gzip, read_header, read_image
+
+    probs: list[Problem] = []
+    headers = {}
+    for what, path in (("image", image_path), ("mask", mask_path)):
+        try:
+            headers[what] = read_header(path, patient_id)
+        except InputError as exc:
+            probs.append(Problem(patient_id, str(path), _bare(exc)))
+            continue
+        probs += [Problem(patient_id, str(path), m) for m in header_problems(headers[what], what)]
+    if probs:
+        return probs
+    probs += [Problem(patient_id, str(mask_path), m) for m in geometry_problems(headers["image"], headers["mask"], tol)]
+    if probs or not read_pixels:
+        return probs
+    imgs = {}
+    for what, path in (("image", image_path), ("mask", mask_path)):
+        try:
+            if str(path).endswith(".gz"):
+                check_gzip(path, patient_id)
+            imgs[what] = read_image(path, patient_id)
+        except InputError as exc:
+            probs.append(Problem(patient_id, str(path), _bare(exc)))
+    if probs:
+        return probs
+    img_p, msk_p = pixel_problems(imgs["image"], imgs["mask"], tumour_label)
+    if not img_p and "float" in headers["image"].pixel_type and _is_nifti(image_path):
+        bad = _nifti_nonfinite(image_path)  # ITK's NIfTI reader turns NaN into 0: look at the raw data
+        if bad:
+            img_p.append(f"image contains {bad} non-finite value(s) (NaN/inf)")
+    return [Problem(patient_id, str(image_path), m) for m in img_p] + \
+        [Problem(patient_id, str(mask_path), m) for m in msk_p]
+
+
+def _is_nifti(path) -> bool:
+    return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def _nifti_nonfinite(path) -> int:
+    import nibabel as nib
+
+    data = np.asarray(nib.load(str(path)).dataobj)
+    return int(data.size - np.count_nonzero(np.isfinite(data))) if data.dtype.kind in "fc" else 0
+
+
+def _bare(exc: InputError) -> str:
+    """The message of an InputError without its 'patient X, file Y: ' prefix."""
+    text = str(exc)
+    parts = [f"patient {exc.patient_id}" if exc.patient_id is not None else None,
+             f"file {exc.path}" if exc.path is not None else None]
+    prefix = ", ".join(p for p in parts if p)
+    return text[len(prefix) + 2:] if prefix and text.startswith(prefix + ": ") else text
+
+
+# ------------------------------------------------------------------------------------------- cohort
+def _record_key(image: Path, mask: Path, tumour_label, tol: GeometryTolerance) -> str:
+    from dataclasses import asdict
+
+    from src.data.cache import fingerprint, make_key
+
+    return make_key("validation", VALIDATION_VERSION, fingerprint(image), fingerprint(mask), tumour_label, asdict(tol))
+
+
+def validate_manifest(manifest: str | Path, phase: str, tumour_label: int | None = None,
+                      tol: GeometryTolerance | None = None, is_cached: Callable | None = None,
+                      record_dir: str | Path | None = None, split: dict | None = None, seed: int = 0,
+                      exclude: bool = False) -> ValidationReport:
+    """Check every row of ``manifest`` for ``phase``; never raises for bad rows (see the report).
+
+    ``is_cached(case) -> bool``: the pair is in the preprocessing cache (then only headers are read).
+    ``record_dir``: where passing pairs are recorded (skipped entirely next time).
+    The class-presence check uses the rows that pass when ``exclude`` is set, else every row with a
+    valid id and grade (the split the training would see either way).
+    """
+    from src.data.manifest import PHASES, SPLITS, Case, _resolve, read_manifest
+
+    tol = tol or GeometryTolerance()
+    manifest = Path(manifest)
+    report = ValidationReport(manifest, phase)
+    if phase not in PHASES:
+        report.cohort_problems.append(Problem(None, None, f"unknown phase '{phase}' (expected one of {PHASES})"))
+        return report
+    try:
+        df = read_manifest(manifest)
+    except InputError as exc:
+        report.cohort_problems.append(Problem(None, str(manifest), _bare(exc)))
+        return report
+    img_col = f"{phase}_image"
+    mask_col = f"{phase}_mask" if f"{phase}_mask" in df.columns else "mask"
+    missing = [c for c in (img_col, mask_col) if c not in df.columns]
+    if missing:
+        report.cohort_problems.append(Problem(None, str(manifest), f"manifest lacks column(s) {', '.join(missing)} "
+                                              f"needed for phase {phase}"))
+        return report
+    report.n_rows = len(df)
+    if not len(df):
+        report.cohort_problems.append(Problem(None, str(manifest), "manifest has no rows"))
+        return report
+    ids = [str(v).strip() for v in df["patient_id"]]
+    counts = collections.Counter(ids)
+    root = manifest.parent
+    record_dir = Path(record_dir) if record_dir is not None else None
+    labels: dict[str, int] = {}
+    splits: dict[str, str] = {}
+    bad: set[str] = set()
+    checked = 0
+    for row_no, (pid, (_, row)) in enumerate(zip(ids, df.iterrows()), start=2):  # CSV line numbers
+        def add(message, path=str(manifest), pid=pid, row_no=row_no):
+            report.problems.append(Problem(pid or f"(row {row_no})", path, message))
+            bad.add(pid)
+
+        if not pid:
+            add("empty patient_id")
+            continue
+        if counts[pid] > 1:
+            add(f"duplicate patient_id ({counts[pid]} rows)")
+        grade = _grade(row["grade"])
+        if grade is None:
+            add(f"grade '{row['grade']}' is not a WHO/ISUP grade 1-4")
+        else:
+            labels[pid] = int(grade >= 3)
+        sp = str(row.get("split", "")).strip().lower() if "split" in df.columns else ""
+        if sp and sp not in SPLITS:
+            add(f"split '{sp}' is not one of {SPLITS}")
+        elif sp:
+            splits[pid] = sp
+        paths = []
+        for col, what in ((img_col, f"{phase} image"), (mask_col, "mask")):
+            value = str(row[col]).strip()
+            if not value:
+                add(f"no {what} (column {col} is empty)")
+            paths.append(_resolve(root, value) if value else None)
+        if None in paths:
+            continue
+        image, mask = paths
+        key = None
+        if record_dir is not None and image.exists() and mask.exists():
+            key = _record_key(image, mask, tumour_label, tol)
+            if (record_dir / f"{key}.ok").is_file():
+                continue
+        cached = False
+        if is_cached is not None and grade is not None and image.exists() and mask.exists():
+            try:
+                cached = bool(is_cached(Case(pid, grade, image, mask)))
+            except Exception:  # a cache lookup must never hide a validation problem
+                cached = False
+        pair = check_pair(image, mask, pid, tumour_label, tol, read_pixels=not cached)
+        checked += 1
+        if checked % 25 == 0:
+            log.info("validation: %d of %d rows read", checked, len(df))
+        for p in pair:
+            add(p.message, p.path)
+        if not pair and key is not None:
+            _touch(record_dir / f"{key}.ok")
+    keep = [p for p in dict.fromkeys(ids) if p and p in labels and (p not in bad or not exclude)]
+    report.valid_ids = [p for p in dict.fromkeys(ids) if p and p not in bad]
+    report.cohort_problems += _class_problems(keep, labels, splits, split or {}, seed, manifest)
+    return report
+
+
+def _grade(value) -> int | None:
+    try:
+        f = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(f) if f in (1.0, 2.0, 3.0, 4.0) else None
+
+
+def _class_problems(ids, labels, splits, split_cfg, seed, manifest) -> list[Problem]:
+    from src.data.splits import assign_splits
+
+    if not ids:
+        return [Problem(None, str(manifest), "no usable patients left")]
+    given = {p: splits[p] for p in ids if p in splits}
+    try:
+        assigned = assign_splits(ids, [labels[p] for p in ids], seed=seed, given=given,
+                                 test_fraction=split_cfg.get("test_fraction", 0.3),
+                                 val_fraction=split_cfg.get("val_fraction", 0.15))
+    except InputError as exc:
+        return [Problem(None, str(manifest), _bare(exc))]
+    out = []
+    for name in ("train", "test"):
+        members = [p for p, s in assigned.items() if (s == "test") == (name == "test")]
+        present = {labels[p] for p in members}
+        for label, cls in ((0, "low grade (1-2)"), (1, "high grade (3-4)")):
+            if label not in present:
+                out.append(Problem(None, str(manifest), f"the {name} set has no {cls} patient "
+                                                         f"({len(members)} patient(s) in it)"))
+    return out
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("ok\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------- datamodule
+def cleaned_manifest_path(source: str | Path, cache_dir: str | Path, phase: str) -> Path:
+    """Where ``on_invalid=exclude`` writes the manifest of the patients that passed."""
+    from src.data.cache import make_key
+
+    key = make_key("cleaned-manifest", str(Path(source).resolve()), phase)[:20]
+    return Path(cache_dir) / "validated" / f"manifest_{phase}_{key}.csv"
+
+
+def write_cleaned_manifest(source: Path, report: ValidationReport, out: Path, phase: str) -> Path:
+    """The rows of ``report.valid_ids`` (first occurrence), paths made absolute, written atomically."""
+    from src.data.manifest import read_manifest
+
+    df = read_manifest(source)
+    df = df[df["patient_id"].str.strip().isin(report.valid_ids)].copy()
+    df = df.drop_duplicates("patient_id")
+    for col in df.columns:
+        if col.endswith(("_image", "_mask")) or col == "mask":
+            df[col] = [str(Path(v) if Path(v).is_absolute() else (source.parent / v).resolve()) if str(v).strip()
+                       else v for v in df[col]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return out
+
+
+def validate_datamodule_cohort(dm, source: str | Path) -> Path:
+    """Validate ``dm``'s cohort (``source`` manifest) and return the manifest to preprocess and train on.
+
+    Raises ``InputError`` listing every problem (``dm.on_invalid == 'raise'``, or when a problem
+    concerns the whole cohort); with ``'exclude'`` writes and returns the cleaned manifest.
+    """
+    source = Path(source)
+    on_invalid = getattr(dm, "on_invalid", "raise")
+    if on_invalid not in ON_INVALID:
+        raise InputError(f"data.on_invalid must be one of {ON_INVALID}, got '{on_invalid}'")
+    cache_root = Path(dm.cache_root)
+    tol = GeometryTolerance(**(getattr(dm, "geometry_tolerance", None) or {}))
+
+    def is_cached(case) -> bool:
+        return dm._key(case) in dm.cache
+
+    report = validate_manifest(source, dm.phase, dm.tumour_label, tol, is_cached=is_cached,
+                               record_dir=cache_root / "validation", split=dm.split_cfg, seed=dm.seed,
+                               exclude=on_invalid == "exclude")
+    if report.cohort_problems or (report.problems and on_invalid == "raise"):
+        hint = "" if report.cohort_problems else " (fix them, or set data.on_invalid=exclude to drop these patients)"
+        raise report.error(hint)
+    if on_invalid == "raise":
+        return source
+    out = cleaned_manifest_path(source, cache_root, dm.phase)
+    if report.problems:
+        reasons = collections.Counter(_reason(p.message) for p in report.problems)
+        log.warning("data.on_invalid=exclude: excluded %d of %d patient(s) (%s)", len(report.bad_ids), report.n_rows,
+                    ", ".join(f"{n} x {r}" for r, n in reasons.most_common()))
+        for p in report.problems:
+            log.warning("excluded: %s", p)
+    else:
+        log.info("validation: all %d patient(s) passed", report.n_rows)
+    return write_cleaned_manifest(source, report, out, dm.phase)
+
+
+def _reason(message: str) -> str:
+    """A problem message reduced to its kind (for the exclusion summary)."""
+    return message.split(" (")[0].split("'")[0].strip()

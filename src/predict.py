@@ -1,0 +1,250 @@
+"""Grade a new patient with a trained model: python -m src.predict ckpt_path=CKPT image=PATH mask=PATH
+
+``ckpt_path``: a checkpoint in a job folder (``JOB/checkpoints/*.ckpt``), or the job folder itself
+(then its best checkpoint, else ``last.ckpt``). Everything about the model comes from the job's
+``JOB/.hydra/config.yaml``: supervision, phase, network, preprocessing parameters, tumour label and
+(weak) the slice aggregation rule. ``image``: the patient's CT of that phase, a NIfTI/NRRD/MHA file
+or a DICOM series folder; ``mask``: the tumour mask (same geometry). The input goes through the
+same checks and the same preprocessing code as training (``src.data.validate``,
+``GradeDataModule._preprocess``), then:
+
+- strong: the un-rotated ROI -> 3D network -> ``prob_high``; decision ``prob_high > 0.5``;
+- weak: every lesion slice -> 2D network -> ``src.callbacks.aggregation.aggregate_patient`` with
+  the job's ``callbacks.predictions.aggregation`` config.
+
+Prints one line and writes ``OUTPUT_DIR/<patient_id>.json`` (``prob_high``, ``pred`` 0/1,
+``decision``, supervision, phase, aggregation details, slices for weak). The only identifier
+written is ``patient_id`` (default ``patient``): never DICOM header fields, nor the input paths.
+
+Checkpoints are loaded with ``torch.load(weights_only=True)``; the ``net.``-prefixed entries of the
+Lightning ``state_dict`` are loaded into the network built from the job config.
+
+``gradcam=true``: hook for Grad-CAM overlays; calls ``src.callbacks.gradcam.gradcam_figure`` when
+that module provides it (PNG next to the JSON), else stops with a clear error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+DECISIONS = {0: "low grade (WHO/ISUP 1-2)", 1: "high grade (WHO/ISUP 3-4)"}
+STRONG_THRESHOLD = 0.5  # as the prediction writer (src/callbacks/predictions.py)
+
+
+# ------------------------------------------------------------------------------------------ job folder
+def resolve_checkpoint(ckpt_path: str | os.PathLike) -> tuple[Path, Path]:
+    """(checkpoint file, job folder). A job folder picks its best checkpoint (else last.ckpt)."""
+    from src.errors import InputError
+
+    p = Path(ckpt_path)
+    if p.is_dir():
+        ckpts = sorted((p / "checkpoints").glob("*.ckpt"))
+        best = [c for c in ckpts if c.name != "last.ckpt"]
+        if not ckpts:
+            raise InputError("no checkpoint in the job folder (expected checkpoints/*.ckpt)", path=str(p))
+        return (best[-1] if best else ckpts[0]), p
+    if not p.is_file():
+        raise InputError("checkpoint not found", path=str(p))
+    return p, p.parent.parent
+
+
+def load_job_config(job_dir: Path) -> DictConfig:
+    from src.errors import InputError
+
+    cfg_file = job_dir / ".hydra" / "config.yaml"
+    if not cfg_file.is_file():
+        raise InputError("the checkpoint's job folder has no .hydra/config.yaml (expected JOB/checkpoints/X.ckpt "
+                         "next to JOB/.hydra/)", path=str(cfg_file))
+    return OmegaConf.load(cfg_file)
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def job_settings(job_cfg: DictConfig) -> dict:
+    """What inference needs from a training job's config (only literal sub-trees are resolved)."""
+    from src.errors import InputError
+
+    try:
+        agg = OmegaConf.select(job_cfg, "callbacks.predictions.aggregation")
+        return {
+            "supervision": str(OmegaConf.select(job_cfg, "supervision.name")),
+            "phase": str(OmegaConf.select(job_cfg, "phase.name")),
+            "net": _container(job_cfg.model.net),
+            "preprocess": _container(job_cfg.preprocess),
+            "tumour_label": OmegaConf.select(job_cfg, "data.tumour_label", default=None),
+            "aggregation": _container(agg) if agg is not None else {},
+        }
+    except Exception as exc:  # a config that is not a training job's
+        raise InputError(f"cannot read the job config ({type(exc).__name__}: {exc})") from None
+
+
+def load_network(ckpt: Path, net_cfg: dict):
+    """The network of the job config with the checkpoint's ``net.*`` weights, in eval mode."""
+    import torch
+    from hydra.utils import instantiate
+
+    from src.errors import InputError
+
+    net = instantiate(net_cfg)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot load checkpoint ({type(exc).__name__}: {str(exc)[:160]})", path=str(ckpt)) from None
+    sd = state.get("state_dict", state) if isinstance(state, dict) else None
+    if not isinstance(sd, dict):
+        raise InputError("checkpoint has no state_dict", path=str(ckpt))
+    net_sd = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(net_sd)
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint does not match the job's network ({str(exc).splitlines()[0][:160]})",
+                         path=str(ckpt)) from None
+    return net.eval()
+
+
+# ------------------------------------------------------------------------------------------ inference
+def preprocess_input(settings: dict, image: Path, mask: Path, patient_id: str, tumour_label) -> dict:
+    """The training code's checks and preprocessing for one new patient (nothing is cached)."""
+    from src.data.datamodule import GradeDataModule
+    from src.data.manifest import Case
+    from src.data.validate import check_pair
+    from src.errors import InputError
+
+    problems = check_pair(image, mask, patient_id, tumour_label, read_pixels=True)  # one patient: read it all
+    if len(problems) == 1:
+        raise InputError(problems[0].message, problems[0].patient_id, problems[0].path)
+    if problems:
+        raise InputError("\n".join(str(p) for p in problems))
+    with tempfile.TemporaryDirectory() as tmp:
+        dm = GradeDataModule(settings["phase"], settings["supervision"], cache_dir=tmp,
+                             preprocess=settings["preprocess"], tumour_label=tumour_label)
+        return dm._preprocess(Case(patient_id, 1, Path(image), Path(mask)))
+
+
+def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> dict:
+    """Patient-level result from preprocessed arrays."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        if settings["supervision"] == "strong":
+            angles = [float(a) for a in arrays["angles"]]
+            x = torch.from_numpy(np.asarray(arrays["rois"][angles.index(0.0)], dtype=np.float32))[None, None]
+            prob = float(net(x).float().softmax(-1)[0, 1])
+            return {"prob_high": prob, "pred": int(prob > STRONG_THRESHOLD), "threshold": STRONG_THRESHOLD,
+                    "input": x[0]}
+        from src.callbacks.aggregation import aggregate_patient
+
+        slices = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))[:, None]
+        probs = torch.cat([net(slices[i:i + batch_size]).float().softmax(-1)
+                           for i in range(0, len(slices), batch_size)])
+        probs = probs.numpy().astype(np.float64)
+        probs /= probs.sum(1, keepdims=True)
+        width = int(settings["preprocess"].get("slice_size", (256, 256))[-1])
+        masks = np.unpackbits(np.asarray(arrays["masks"]), axis=-1, count=width).astype(bool)
+        z = np.asarray(arrays["slice_index"]).astype(int)
+        agg = {"method": "chain", "iou_threshold": 0.3, "min_consecutive": 4, "threshold": 0.5,
+               **settings["aggregation"]}
+        res = aggregate_patient(z, probs, masks, **agg)
+        return {"prob_high": float(res.prob_high), "pred": int(res.pred), "threshold": agg["threshold"],
+                "aggregation": agg, "aggregation_info": _jsonable(res.info),
+                "slices": [{"slice_index": int(k), "prob_high": float(p)} for k, p in zip(z, probs[:, 1])],
+                "input": slices, "masks": masks}
+
+
+def _jsonable(obj):
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def gradcam_hook(net, settings: dict, result: dict, out_dir: Path, patient_id: str) -> str:
+    """Grad-CAM overlay via ``src.callbacks.gradcam`` (another module's job); returns the PNG path."""
+    from src.errors import InputError
+
+    try:
+        from src.callbacks import gradcam
+    except ImportError:
+        gradcam = None
+    fn = getattr(gradcam, "gradcam_figure", None)
+    if fn is None:
+        raise InputError("gradcam=true, but Grad-CAM is not available in this version (src.callbacks.gradcam)")
+    out = out_dir / f"{patient_id}_gradcam.png"
+    meta = {"patient_id": patient_id, "supervision": settings["supervision"], "phase": settings["phase"]}
+    if settings["supervision"] == "strong":
+        info = fn(net, result["input"], None, 3, out, class_index=1, meta=meta)
+    else:  # the lesion slice with the largest tumour area
+        k = int(result["masks"].reshape(len(result["masks"]), -1).sum(1).argmax())
+        info = fn(net, result["input"][k], result["masks"][k], 2, out, class_index=1, meta=meta)
+    return str(info.get("path", out))
+
+
+def predict(ckpt_path, image, mask, patient_id: str = "patient", output_dir=None, tumour_label="job",
+            batch_size: int = 64, gradcam: bool = False) -> dict:
+    """Run inference for one patient; writes ``output_dir/<patient_id>.json`` (when given); returns it."""
+    from src.errors import InputError
+
+    patient_id = str(patient_id).strip()
+    if not patient_id or any(c in patient_id for c in "/\\"):
+        raise InputError(f"patient_id '{patient_id}' must be non-empty and contain no path separator")
+    ckpt, job_dir = resolve_checkpoint(ckpt_path)
+    settings = job_settings(load_job_config(job_dir))
+    label = settings["tumour_label"] if tumour_label == "job" else tumour_label
+    net = load_network(ckpt, settings["net"])
+    arrays = preprocess_input(settings, Path(image), Path(mask), patient_id, label)
+    result = predict_arrays(net, settings, arrays, batch_size=batch_size)
+    out = {"patient_id": patient_id, "prob_high": result["prob_high"], "pred": result["pred"],
+           "decision": DECISIONS[result["pred"]], "threshold": result["threshold"],
+           "supervision": settings["supervision"], "phase": settings["phase"], "checkpoint": str(ckpt.resolve())}
+    for k in ("aggregation", "aggregation_info", "slices"):
+        if k in result:
+            out[k] = result[k]
+    if output_dir is not None:
+        out_dir = Path(output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if gradcam:
+            out["gradcam"] = gradcam_hook(net, settings, result, out_dir, patient_id)
+        path = out_dir / f"{patient_id}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        os.replace(tmp, path)
+        out["json"] = str(path)
+    elif gradcam:
+        raise InputError("gradcam=true needs an output_dir")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    from src.errors import InputError
+
+    try:
+        out = predict(cfg.ckpt_path, cfg.image, cfg.mask, patient_id=cfg.patient_id, output_dir=cfg.output_dir,
+                      tumour_label=cfg.tumour_label, batch_size=cfg.batch_size, gradcam=cfg.gradcam)
+    except InputError as exc:  # a user error: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"patient {out['patient_id']}: P(high grade) = {out['prob_high']:.3f} -> {out['decision']} "
+          f"({out['supervision']} model, {out['phase']}); written to {out['json']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Inference on a new patient (src/predict.py): job folder -> network + preprocessing -> JSON, NIfTI or DICOM.
+
+Job folders are built like a training run leaves them (``checkpoints/*.ckpt`` with a Lightning-style
+``state_dict`` of ``net.*`` keys, ``.hydra/config.yaml``) without training: the tests check that the
+prediction equals the job's network applied to the training code's preprocessing.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from src.callbacks.aggregation import aggregate_patient
+from src.data.datamodule import GradeDataModule
+from src.data.manifest import Case
+from src.data.synthetic import SyntheticSpec, generate_cohort
+from src.errors import InputError
+from src.predict import predict
+from tests.conftest import compose_cfg
+from tests.test_dicom import write_dicom_series
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = SyntheticSpec(n_patients=4, shape=(24, 24, 8))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return generate_cohort(tmp_path_factory.mktemp("p") / "c", SPEC).parent
+
+
+def make_job(job: Path, supervision: str, seed: int = 0, *overrides: str) -> Path:
+    cfg = compose_cfg(["experiment=smoke", f"supervision={supervision}", *overrides], job, job / "data")
+    (job / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
+    torch.manual_seed(seed)
+    net = instantiate(cfg.model.net)
+    (job / "checkpoints").mkdir(exist_ok=True)
+    ckpt = job / "checkpoints" / "epoch001-val_auc0.7000.ckpt"
+    torch.save({"epoch": 1, "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, ckpt)
+    torch.save({"epoch": 2, "state_dict": {}}, job / "checkpoints" / "last.ckpt")
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def strong_job(tmp_path_factory):
+    return make_job(tmp_path_factory.mktemp("job") / "strong", "strong")
+
+
+def _direct(ckpt: Path, cohort: Path, pid: str) -> tuple[dict, torch.nn.Module, dict]:
+    cfg = OmegaConf.load(ckpt.parent.parent / ".hydra" / "config.yaml")
+    net = instantiate(cfg.model.net)
+    net.load_state_dict({k[4:]: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items()})
+    dm = GradeDataModule("CMP", cfg.supervision.name, cache_dir=str(cohort / "tmp"),
+                         preprocess=OmegaConf.to_container(cfg.preprocess, resolve=True))
+    case = Case(pid, 1, cohort / "images" / f"{pid}_CMP.nii.gz", cohort / "masks" / f"{pid}_mask.nii.gz")
+    arrays = dm._preprocess(case)
+    return arrays, net.eval(), OmegaConf.to_container(cfg.callbacks.predictions.aggregation)
+
+
+def test_strong_on_nifti_matches_the_network(strong_job, cohort, tmp_path):
+    out = predict(strong_job, cohort / "images" / "SYN0001_CMP.nii.gz", cohort / "masks" / "SYN0001_mask.nii.gz",
+                  patient_id="NEW01", output_dir=tmp_path / "pred")
+    arrays, net, _ = _direct(strong_job, cohort, "SYN0001")
+    with torch.no_grad():
+        expect = float(net(torch.from_numpy(np.asarray(arrays["rois"][:1]))[None]).softmax(-1)[0, 1])
+    assert out["prob_high"] == pytest.approx(expect, abs=1e-6)
+    assert out["pred"] == int(expect > 0.5) and out["decision"].startswith(("low", "high"))
+    saved = json.loads((tmp_path / "pred" / "NEW01.json").read_text())
+    assert saved["prob_high"] == pytest.approx(expect, abs=1e-6)
+    assert saved["supervision"] == "strong" and saved["phase"] == "CMP" and saved["patient_id"] == "NEW01"
+    assert "SYN0001" not in json.dumps(saved)  # input paths are not written
+
+
+def test_dicom_folder_gives_the_same_prediction(strong_job, cohort, tmp_path):
+    import SimpleITK as sitk
+
+    ct = sitk.ReadImage(str(cohort / "images" / "SYN0002_CMP.nii.gz"))
+    write_dicom_series(tmp_path / "dicom", sitk.GetArrayFromImage(ct), spacing=ct.GetSpacing(), origin=ct.GetOrigin())
+    mask = cohort / "masks" / "SYN0002_mask.nii.gz"
+    a = predict(strong_job, tmp_path / "dicom", mask, patient_id="D")
+    b = predict(strong_job.parent.parent, cohort / "images" / "SYN0002_CMP.nii.gz", mask)  # a job folder works too
+    assert a["prob_high"] == pytest.approx(b["prob_high"], abs=1e-5)
+    assert b["checkpoint"].endswith("epoch001-val_auc0.7000.ckpt")  # the best checkpoint, not last.ckpt
+
+
+def test_weak_aggregates_slices_with_the_job_rule(tmp_path, cohort):
+    ckpt = make_job(tmp_path / "weak", "weak", 1, "callbacks.predictions.aggregation.method=mean")
+    out = predict(ckpt, cohort / "images" / "SYN0003_CMP.nii.gz", cohort / "masks" / "SYN0003_mask.nii.gz",
+                  output_dir=tmp_path / "pred")
+    arrays, net, agg = _direct(ckpt, cohort, "SYN0003")
+    with torch.no_grad():
+        probs = net(torch.from_numpy(np.asarray(arrays["slices"], np.float32))[:, None]).softmax(-1).double().numpy()
+    masks = np.unpackbits(arrays["masks"], axis=-1, count=32).astype(bool)
+    expect = aggregate_patient(arrays["slice_index"], probs, masks, **agg)
+    assert agg["method"] == "mean" and out["aggregation"]["method"] == "mean"
+    assert out["prob_high"] == pytest.approx(expect.prob_high, abs=1e-6) and out["pred"] == expect.pred
+    assert [s["slice_index"] for s in out["slices"]] == arrays["slice_index"].tolist()
+    assert json.loads((tmp_path / "pred" / "patient.json").read_text())["aggregation_info"]["method"] == "mean"
+
+
+def test_bad_inputs_are_one_line_errors(strong_job, cohort, tmp_path):
+    img, mask = cohort / "images" / "SYN0001_CMP.nii.gz", cohort / "masks" / "SYN0001_mask.nii.gz"
+    with pytest.raises(InputError, match="checkpoint not found"):
+        predict(tmp_path / "none.ckpt", img, mask)
+    (tmp_path / "j" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}}, tmp_path / "j" / "checkpoints" / "x.ckpt")
+    with pytest.raises(InputError, match=r"no \.hydra/config\.yaml"):
+        predict(tmp_path / "j" / "checkpoints" / "x.ckpt", img, mask)
+    with pytest.raises(InputError, match=r"patient X, file .*SYN0002_mask.nii.gz: mask origin|mask .*differs"):
+        from src.data.io import write_image
+
+        arr = np.zeros(SPEC.shape, np.uint8)
+        arr[5:9, 5:9, 2:5] = 1
+        write_image(arr, tmp_path / "SYN0002_mask.nii.gz", spacing=SPEC.spacing, origin=(30.0, 0.0, 0.0))
+        predict(strong_job, img, tmp_path / "SYN0002_mask.nii.gz", patient_id="X")
+    mismatch = make_job(tmp_path / "other", "strong", 0, "model.net.widen_factor=0.5")
+    torch.save(torch.load(strong_job, weights_only=True), mismatch)
+    with pytest.raises(InputError, match="does not match the job's network"):
+        predict(mismatch, img, mask)
+
+
+def test_gradcam_hook_calls_the_gradcam_module(strong_job, cohort, tmp_path, monkeypatch):
+    import src.callbacks.gradcam as gradcam
+
+    calls = []
+
+    def fake(net, image_tensor, mask, spatial_dims, out_path, class_index=1, **kw):
+        calls.append((tuple(image_tensor.shape), spatial_dims, Path(out_path).name))
+        return {"path": str(out_path)}
+
+    monkeypatch.setattr(gradcam, "gradcam_figure", fake, raising=False)
+    out = predict(strong_job, cohort / "images" / "SYN0001_CMP.nii.gz", cohort / "masks" / "SYN0001_mask.nii.gz",
+                  patient_id="G1", output_dir=tmp_path, gradcam=True)
+    assert calls == [((1, 16, 16, 16), 3, "G1_gradcam.png")] and out["gradcam"].endswith("G1_gradcam.png")
+
+
+def test_command_line(strong_job, cohort, tmp_path):
+    cmd = [sys.executable, "-m", "src.predict", f"ckpt_path={strong_job}",
+           f"image={cohort / 'images' / 'SYN0001_CMP.nii.gz'}", f"mask={cohort / 'masks' / 'SYN0001_mask.nii.gz'}",
+           "patient_id=CLI1", f"output_dir={tmp_path / 'out'}"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "patient CLI1: P(high grade) = " in res.stdout
+    assert json.loads((tmp_path / "out" / "CLI1.json").read_text())["patient_id"] == "CLI1"
