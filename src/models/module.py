@@ -25,7 +25,8 @@ def _metrics(prefix: str) -> MetricCollection:
 
 
 class GradeModule(L.LightningModule):
-    def __init__(self, net: nn.Module, optimizer, scheduler=None, label_smoothing: float = 0.0):
+    def __init__(self, net: nn.Module, optimizer, scheduler=None, label_smoothing: float = 0.0,
+                 channels_last: bool | str = "auto", compile: bool = False, compile_mode: str | None = None):
         super().__init__()
         # the network and the optimizer factories are objects: the run's Hydra config records them
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
@@ -35,9 +36,28 @@ class GradeModule(L.LightningModule):
         self.train_metrics = _metrics("train_")
         self.val_metrics = _metrics("val_")
         self.eval_outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
+        self._memory_format: torch.memory_format | None = None
+        self._compiled = None  # kept out of the module tree: checkpoints keep plain ``net.*`` keys
+
+    # ---------------------------------------------------------------- fast path (issue #7)
+    def setup(self, stage: str) -> None:
+        """Channels-last memory format (``channels_last``: auto = 2D nets on CUDA, where cuDNN's NHWC
+        kernels are faster; true: 2D and 3D everywhere) and optional ``torch.compile`` of the net."""
+        trainer = getattr(self, "_trainer", None)
+        device = torch.device(trainer.strategy.root_device) if trainer is not None else self.device
+        is_2d = any(isinstance(m, nn.Conv2d) for m in self.net.modules())
+        cl = self.hparams.get("channels_last", "auto")
+        if (cl == "auto" and is_2d and device.type == "cuda") or cl is True:
+            self._memory_format = torch.channels_last if is_2d else torch.channels_last_3d
+            self.net.to(memory_format=self._memory_format)
+        if self.hparams.get("compile", False) and self._compiled is None:
+            # object.__setattr__: not registered as a submodule (state_dict keys stay ``net.*``)
+            object.__setattr__(self, "_compiled", torch.compile(self.net, mode=self.hparams.get("compile_mode")))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if self._memory_format is not None:
+            x = x.contiguous(memory_format=self._memory_format)
+        return (self.net if self._compiled is None else self._compiled)(x)
 
     def _step(self, batch):
         x = batch["image"].float()
