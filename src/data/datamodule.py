@@ -378,18 +378,22 @@ class GradeDataModule(L.LightningDataModule):
         return torch.distributed.is_available() and torch.distributed.is_initialized()
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
-        sampler, shuffle, generator = None, False, None
-        if self._distributed():
-            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-            from torch.utils.data import DistributedSampler
+        from torch.utils.data import DistributedSampler
 
-            sampler = (DistributedSampler(ds, shuffle=True, seed=self.seed) if train
-                       else UnrepeatedDistributedSampler(ds, shuffle=False))
-        elif train:
-            shuffle, generator = True, torch.Generator().manual_seed(self.seed)
+        sampler = None
+        if train:
+            # a (seed, epoch)-determined permutation, also on one process: Lightning calls set_epoch,
+            # so a run resumed from a checkpoint sees exactly the batches of an uninterrupted run
+            replicas = torch.distributed.get_world_size() if self._distributed() else 1
+            rank = torch.distributed.get_rank() if self._distributed() else 0
+            sampler = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+        elif self._distributed():
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(ds, shuffle=False)
         workers, pin = self._loader_settings()
-        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=shuffle,
-                          sampler=sampler, generator=generator, num_workers=workers, collate_fn=collated,
+        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=False,
+                          sampler=sampler, num_workers=workers, collate_fn=collated,
                           pin_memory=pin, persistent_workers=workers > 0)
 
     def _device(self) -> torch.device:
