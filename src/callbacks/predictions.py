@@ -118,6 +118,9 @@ class PredictionWriter(L.Callback):
                 frames[f"{name}_slices"] = slices
                 metrics.update(score(df["label"].to_numpy(), df["p_high"].to_numpy(),
                                      (df["p_high"] > 0.5).astype(int).to_numpy(), f"{name}_slice"))
+        # --- gradcam (issue #5): metrics other callbacks computed earlier in this test epoch ---
+        metrics.update(getattr(pl_module, "extra_test_metrics", None) or {})
+        # --- end gradcam ---
         self.metrics = metrics
         loggable = {k: v for k, v in metrics.items() if np.isfinite(v)}
         for logger in trainer.loggers if trainer.is_global_zero else []:

@@ -1,0 +1,448 @@
+"""Grad-CAM heat maps (paper Figure 6) for both models, and a localisation score for the weak model.
+
+What is computed
+    MONAI's ``monai.visualize.GradCAM`` on the last residual stage (``layer4``) of the network, one
+    sample at a time with an explicit class index (MONAI's batched class selection is wrong), for
+    the predicted class unless ``class_index`` is set. MONAI's default post-processing *inverts*
+    the map (min -> 1, max -> 0); we pass :func:`minmax` instead ((x - min) / (max - min), so the
+    most important region is 1). 2D maps for the weak model's slices, 3D maps for the strong
+    model's ROI cubes; both are upsampled (bi/trilinear) to the input size.
+
+Localisation (weak model, where a tumour mask exists for every slice)
+    ``cam_in_tumour``: the fraction of the heat map's mass inside the tumour mask;
+    ``pointing``: whether the map's maximum lies in the tumour (pointing game; a plateau of equal
+    maxima counts by the fraction of it inside the tumour);
+    ``chance``: the tumour's share of the slice area -- what both scores are for a heat map that
+    carries no information (uniform map / a random point). Each is averaged over a patient's
+    slices, then over patients.
+
+The network is never touched: Grad-CAM runs on a deep copy in eval mode (MONAI's hooks are never
+removed, and a forward pass in train mode would update BatchNorm statistics), so the training
+model's mode, gradients and BN statistics stay exactly as they were.
+
+Display: the cached tensors are z-scored, so overlays show the z-scored slice with a fixed window
+in z units (``window_z``); the standalone command ``python -m src.explain`` reads the original CT
+and shows it in HU with the abdominal window W400/L40 (``window_hu``). Slices are drawn in the
+radiological convention (patient's right on the viewer's left, anterior up).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+TARGET_LAYER = "layer4"  # on the net; "net.layer4" on the LightningModule
+CAM_KEYS = ("cam_in_tumour", "cam_pointing", "cam_chance")
+
+
+# ---------------------------------------------------------------------------- heat maps
+def minmax(x: torch.Tensor, rtol: float = 1e-4) -> torch.Tensor:
+    """Per-sample min-max normalisation to [0, 1] (max -> 1, min -> 0), unlike MONAI's default
+    normaliser, which inverts the map. A map that is constant up to rounding (span <= ``rtol`` x its
+    magnitude, e.g. an upsampled 1-voxel feature map, or all zero after the ReLU) becomes all zeros
+    (no information) instead of amplified rounding noise."""
+    flat = x.reshape(x.shape[0], -1)
+    shape = (-1, *[1] * (x.dim() - 1))
+    lo, hi = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
+    span = hi - lo
+    ok = span > rtol * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-30)
+    return torch.where(ok, (x - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(x))
+
+
+def explainable_copy(net: nn.Module) -> nn.Module:
+    """A deep copy of ``net`` in eval mode with gradients enabled (the original is left untouched)."""
+    with torch.inference_mode(False):
+        twin = copy.deepcopy(net).eval()
+        for p in twin.parameters():
+            p.requires_grad_(True)
+    return twin
+
+
+def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[int] | None = None,
+             target_layer: str = TARGET_LAYER, copy_net: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM of ``images`` (N, C, *spatial) -> (maps (N, *spatial) in [0, 1], probabilities (N, K)).
+
+    One sample at a time; ``class_index`` None = each sample's predicted class. ``copy_net=False``
+    runs on ``net`` itself (MONAI then leaves hooks on it: only for throw-away networks).
+    """
+    from monai.visualize import GradCAM
+
+    with torch.inference_mode(False), torch.enable_grad():
+        model = explainable_copy(net) if copy_net else net.eval()
+        device = next(model.parameters()).device
+        cam = GradCAM(nn_module=model, target_layers=target_layer, postprocessing=minmax)
+        with torch.no_grad():  # eval mode: batching does not change the outputs
+            all_probs = torch.cat([model(images[j:j + 16].detach().float().to(device)).float().softmax(-1)
+                                   for j in range(0, len(images), 16)]).cpu()
+        maps, probs = [], []
+        for i in range(len(images)):
+            x = images[i:i + 1].detach().clone().float().to(device)
+            p = all_probs[i]
+            if class_index is None:
+                k = int(p.argmax())
+            elif isinstance(class_index, int):
+                k = class_index
+            else:
+                k = int(class_index[i])
+            maps.append(cam(x=x, class_idx=k)[0, 0].detach().cpu().numpy())
+            probs.append(p.numpy())
+            if i == 0:
+                _warn_if_one_voxel(cam, target_layer)
+        model.zero_grad(set_to_none=True)
+    return np.stack(maps).astype(np.float32), np.stack(probs)
+
+
+def _warn_if_one_voxel(cam, target_layer: str) -> None:
+    acts = getattr(cam.nn_module, "activations", {}).get(target_layer)
+    if acts is not None and int(np.prod(acts.shape[2:])) == 1:
+        log.warning("%s is a single voxel for this input size: the Grad-CAM map is uniform (no "
+                    "localisation); use larger inputs or a smaller stride", target_layer)
+
+
+# ---------------------------------------------------------------------------- localisation
+def cam_in_tumour(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Fraction of the heat map's mass inside the tumour (NaN for an all-zero map)."""
+    total = float(cam.sum())
+    return float(cam[mask].sum()) / total if total > 0 else float("nan")
+
+
+def pointing_hit(cam: np.ndarray, mask: np.ndarray, rtol: float = 1e-6) -> float:
+    """1 when the map's maximum lies in the tumour, 0 when not (a plateau of maxima: the fraction of
+    it inside); NaN for an all-zero map."""
+    top = float(cam.max())
+    if top <= 0:
+        return float("nan")
+    peak = cam >= top * (1.0 - rtol)
+    return float(mask[peak].mean())
+
+
+def chance_level(mask: np.ndarray) -> float:
+    """Tumour share of the slice area: both scores for an uninformative (uniform / random) map."""
+    return float(mask.mean())
+
+
+def localisation(cam: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    mask = np.asarray(mask, dtype=bool)
+    if cam.shape != mask.shape:
+        raise ValueError(f"heat map {cam.shape} and mask {mask.shape} differ in shape")
+    return {"cam_in_tumour": cam_in_tumour(cam, mask), "cam_pointing": pointing_hit(cam, mask),
+            "cam_chance": chance_level(mask)}
+
+
+def summarise(rows: list[dict], prefix: str) -> dict[str, float]:
+    """Per-slice rows (patient, cam_*) -> ``{prefix}_cam_*`` (mean over patients of the per-patient
+    mean), ``{prefix}_cam_n_patients``, ``{prefix}_cam_n_slices``."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return {}
+    df = df.dropna(subset=["cam_in_tumour"])
+    per_patient = df.groupby("patient")[list(CAM_KEYS)].mean()
+    out = {f"{prefix}_{k}": float(per_patient[k].mean()) for k in CAM_KEYS}
+    out[f"{prefix}_cam_n_patients"] = int(len(per_patient))
+    out[f"{prefix}_cam_n_slices"] = int(len(df))
+    return out
+
+
+# ---------------------------------------------------------------------------- figures
+def display(a: np.ndarray) -> np.ndarray:
+    """A plane of a RAS-oriented array (axes x, y, z increasing to the patient's right, anterior,
+    superior) as drawn on screen: axial (x, y) with anterior up and the patient's right on the
+    viewer's left (radiological convention); coronal (x, z) and sagittal (y, z) with superior up."""
+    return np.ascontiguousarray(np.asarray(a).T[::-1, ::-1])
+
+
+def hu_window(level: float, width: float) -> tuple[float, float]:
+    return level - width / 2.0, level + width / 2.0
+
+
+def _title(meta: dict) -> str:
+    bits = [str(meta[k]) for k in ("patient_id",) if meta.get(k) is not None]
+    if meta.get("slice_index") is not None:
+        bits.append(f"slice {meta['slice_index']}")
+    if meta.get("label") is not None:
+        bits.append(f"grade {'high' if int(meta['label']) else 'low'}")
+    if meta.get("prob_high") is not None:
+        bits.append(f"p(high)={meta['prob_high']:.2f}")
+    if meta.get("class_index") is not None:
+        bits.append(f"CAM for class {'high' if int(meta['class_index']) else 'low'}")
+    if meta.get("cam_in_tumour") is not None and np.isfinite(meta["cam_in_tumour"]):
+        bits.append(f"in tumour {meta['cam_in_tumour']:.2f} (chance {meta['cam_chance']:.2f}), "
+                    f"pointing {'hit' if meta['cam_pointing'] >= 0.5 else 'miss'}")
+    return " | ".join(bits)
+
+
+def figure_2d(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None, out_path: str | Path,
+              window: tuple[float, float], meta: dict | None = None, alpha: float = 0.45,
+              cmap: str = "jet", dpi: int = 100) -> Path:
+    """Paper Figure 6 layout for one slice: CT | heat map over CT (tumour outlined) | tumour location."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img, heat = display(image), display(cam)
+    m = display(mask) if mask is not None else None
+    ncol = 3 if m is not None else 2
+    fig, axes = plt.subplots(1, ncol, figsize=(3.0 * ncol, 3.35), dpi=dpi)
+    vmin, vmax = window
+    titles = ["CT", "Grad-CAM", "tumour location"]
+    for ax, t in zip(axes, titles):
+        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(t, fontsize=9)
+        ax.axis("off")
+    im = axes[1].imshow(heat, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha, interpolation="bilinear")
+    if m is not None and m.any():
+        axes[1].contour(m.astype(float), levels=[0.5], colors="white", linewidths=0.8)
+        axes[2].imshow(np.ma.masked_where(~m, m.astype(float)), cmap="autumn", alpha=0.5, vmin=0, vmax=1)
+        axes[2].contour(m.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+    fig.suptitle(_title(meta or {}), fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out_path, dpi)
+
+
+def figure_3d(volume: np.ndarray, cam: np.ndarray, out_path: str | Path, window: tuple[float, float],
+              meta: dict | None = None, mask: np.ndarray | None = None, alpha: float = 0.45,
+              cmap: str = "jet", dpi: int = 100) -> Path:
+    """Axial, coronal and sagittal mid-planes of an ROI cube: CT | heat map over CT (| tumour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cx, cy, cz = (s // 2 for s in volume.shape)
+    planes = {"axial": (slice(None), slice(None), cz), "coronal": (slice(None), cy, slice(None)),
+              "sagittal": (cx, slice(None), slice(None))}
+    ncol = 3 if mask is not None else 2
+    fig, axes = plt.subplots(3, ncol, figsize=(2.6 * ncol, 7.6), dpi=dpi)
+    vmin, vmax = window
+    for r, (name, idx) in enumerate(planes.items()):
+        img, heat = display(volume[idx]), display(cam[idx])
+        for c in range(ncol):
+            axes[r, c].imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+            axes[r, c].axis("off")
+        axes[r, 1].imshow(heat, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha, interpolation="bilinear")
+        axes[r, 0].set_title(f"{name}: CT", fontsize=8)
+        axes[r, 1].set_title(f"{name}: Grad-CAM", fontsize=8)
+        if mask is not None:
+            m = display(mask[idx])
+            if m.any():
+                axes[r, 2].contour(m.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+                axes[r, 1].contour(m.astype(float), levels=[0.5], colors="white", linewidths=0.8)
+            axes[r, 2].set_title(f"{name}: tumour", fontsize=8)
+    fig.suptitle(_title(meta or {}), fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out_path, dpi)
+
+
+def _save(fig, out_path: str | Path, dpi: int) -> Path:
+    import os
+
+    import matplotlib.pyplot as plt
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def gradcam_figure(net: nn.Module, image_tensor: torch.Tensor, mask_or_None: np.ndarray | None, spatial_dims: int,
+                   out_path: str | Path, class_index: int | None = 1, *, display_image: np.ndarray | None = None,
+                   window: tuple[float, float] = (-2.0, 2.0), meta: dict | None = None,
+                   target_layer: str = TARGET_LAYER) -> dict:
+    """Grad-CAM of one model input and its Figure-6 PNG; the entry point for other code (src.predict).
+
+    ``image_tensor``: the model's input for one sample, (C, *spatial) or (1, C, *spatial), as the
+    network sees it (z-scored). ``mask_or_None``: bool tumour mask of the spatial shape (adds the
+    tumour panel and, in 2D, the localisation scores). ``class_index``: the class to explain (1 =
+    high grade; None = the predicted class). ``display_image``: what to draw under the heat map
+    (e.g. the slice in HU, same shape) with ``window`` = (vmin, vmax) in its units; default the
+    input itself. ``net`` is not modified (a copy is explained).
+
+    Returns ``{"path", "cam" (spatial array in [0, 1]), "prob_high", "class_index"}`` and, with a
+    2D mask, ``cam_in_tumour``, ``cam_pointing``, ``cam_chance``.
+    """
+    x = image_tensor if image_tensor.dim() == spatial_dims + 2 else image_tensor[None]
+    if x.dim() != spatial_dims + 2 or len(x) != 1:
+        raise ValueError(f"expected one {spatial_dims}D sample (C, *spatial), got shape {tuple(image_tensor.shape)}")
+    cams, probs = grad_cam(net, x, class_index, target_layer=target_layer)
+    cam, p = cams[0], probs[0]
+    k = int(p.argmax()) if class_index is None else int(class_index)
+    shown = np.asarray(display_image if display_image is not None else x[0, 0].float().cpu().numpy())
+    mask = None if mask_or_None is None else np.asarray(mask_or_None, dtype=bool)
+    info = {**(meta or {}), "prob_high": float(p[-1]), "class_index": k}
+    if mask is not None and spatial_dims == 2:
+        info.update(localisation(cam, mask))
+    if spatial_dims == 2:
+        path = figure_2d(shown, cam, mask, out_path, window, info)
+    else:
+        path = figure_3d(shown, cam, out_path, window, info, mask=mask)
+    return {**info, "path": path, "cam": cam}
+
+
+# ---------------------------------------------------------------------------- the callback
+def pick_patients(patients: Sequence[int], labels: Sequence[int], n: int | None) -> list[int]:
+    """Deterministic choice of ``n`` patients alternating high / low grade (ascending index)."""
+    order = sorted(set(int(p) for p in patients))
+    lab = {int(p): int(y) for p, y in zip(patients, labels)}
+    if n is None or n >= len(order):
+        return order
+    high = [p for p in order if lab[p] == 1]
+    low = [p for p in order if lab[p] != 1]
+    out: list[int] = []
+    while len(out) < n and (high or low):
+        for group in (high, low):
+            if group and len(out) < n:
+                out.append(group.pop(0))
+    return sorted(out)
+
+
+def spread(n_items: int, k: int) -> list[int]:
+    """Up to ``k`` evenly spaced indices of ``range(n_items)`` (first and last included)."""
+    if n_items <= k:
+        return list(range(n_items))
+    return sorted(set(np.linspace(0, n_items - 1, k).round().astype(int).tolist()))
+
+
+class GradCamCallback(L.Callback):
+    """Grad-CAM figures for a fixed set of patients after validation (every ``every_n_epochs``) and
+    test, and (weak model) the localisation score in the test metrics.
+
+    Test: figures for ``n_patients`` test patients; the score over ``score_patients`` test patients
+    (None = all) using at most ``max_slices`` lesion slices each. Results reach metrics.json through
+    ``pl_module.extra_test_metrics``, which the PredictionWriter merges: list this callback before
+    the writer (conf/callbacks/default.yaml). Per-slice scores: ``gradcam/test_scores.csv``.
+    Rank 0 only; PNGs in ``output_dir``; images logged to a WandbLogger when one is active.
+    """
+
+    def __init__(self, output_dir: str, every_n_epochs: int = 5, n_patients: int = 4, max_slices: int = 8,
+                 score_patients: int | None = None, on_validation: bool = True, on_test: bool = True,
+                 class_index: int | None = None, target_layer: str = TARGET_LAYER,
+                 window_z: Sequence[float] = (0.9, 1.8), alpha: float = 0.45, cmap: str = "jet",
+                 dpi: int = 100):
+        self.output_dir = Path(output_dir)
+        self.every_n_epochs, self.n_patients, self.max_slices = int(every_n_epochs), int(n_patients), int(max_slices)
+        self.score_patients = None if score_patients is None else int(score_patients)
+        self.on_validation, self.on_test = bool(on_validation), bool(on_test)
+        self.class_index = None if class_index is None else int(class_index)
+        self.target_layer, self.window_z = target_layer, tuple(float(v) for v in window_z)
+        self.fig_kw = {"alpha": float(alpha), "cmap": cmap, "dpi": int(dpi)}
+        self.metrics: dict[str, float] = {}
+        self.written: list[Path] = []
+
+    # ------------------------------------------------------------ hooks
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        names = [type(c).__name__ for c in trainer.callbacks]
+        if "PredictionWriter" in names and names.index("PredictionWriter") < names.index(type(self).__name__):
+            log.warning("GradCamCallback runs after PredictionWriter: test_cam_* will not reach metrics.json "
+                        "(list gradcam before predictions in the callbacks config)")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (not self.on_validation or self.every_n_epochs <= 0 or trainer.sanity_checking
+                or not trainer.is_global_zero or (trainer.current_epoch + 1) % self.every_n_epochs):
+            return
+        metrics = self.run(trainer, pl_module, "val", prefix=f"val_epoch{trainer.current_epoch:03d}")
+        if metrics:
+            for lg in trainer.loggers:
+                lg.log_metrics(metrics, step=trainer.global_step)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.on_test or not trainer.is_global_zero:
+            return
+        self.metrics = self.run(trainer, pl_module, "test", prefix="test", score_all=True)
+        extra = dict(getattr(pl_module, "extra_test_metrics", None) or {})
+        extra.update(self.metrics)
+        pl_module.extra_test_metrics = extra
+
+    # ------------------------------------------------------------ work
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, prefix: str,
+            score_all: bool = False) -> dict[str, float]:
+        metrics, paths = self.compute(trainer.datamodule, pl_module.net, split, prefix, score_all)
+        self._log_images(trainer, split, paths)
+        return metrics
+
+    def compute(self, dm, net: nn.Module, split: str, prefix: str,
+                score_all: bool = False) -> tuple[dict[str, float], list[Path]]:
+        """Figures (and, weak, scores) of ``net`` on the datamodule's ``split`` set; also usable
+        without a Trainer (``python -m src.explain score=true``)."""
+        ds = getattr(dm, "datasets", {}).get(split)
+        if ds is None or len(ds) == 0:
+            return {}, []
+        t = ds.tensors
+        patients, labels, slices = t["patient"].numpy(), t["label"].numpy(), t["slice"].numpy()
+        weak = bool((slices >= 0).any())
+        shown = pick_patients(patients, labels, self.n_patients)
+        scored = pick_patients(patients, labels, self.score_patients) if (weak and score_all) else shown
+        ids = getattr(dm, "patient_ids", [])
+        rows, paths = [], []
+        for p in sorted(set(shown) | set(scored)):
+            idx = np.flatnonzero(patients == p)
+            pid = ids[p] if p < len(ids) else str(p)
+            if weak:
+                idx = idx[np.argsort(slices[idx], kind="stable")]
+                pick = idx[spread(len(idx), self.max_slices)]
+                masks = np.stack([dm.slice_mask(int(p), int(slices[i])) for i in pick])
+                if p not in scored:  # figure only: the largest tumour slice suffices
+                    keep = [int(masks.reshape(len(masks), -1).sum(1).argmax())]
+                    pick, masks = pick[keep], masks[keep]
+                images = t["image"][torch.as_tensor(pick)]
+                cams, probs = grad_cam(net, images, self.class_index, self.target_layer)
+                per = []
+                for j, i in enumerate(pick):
+                    k = int(probs[j].argmax()) if self.class_index is None else self.class_index
+                    row = {"patient": int(p), "patient_id": pid, "slice_index": int(slices[i]), "label": int(labels[i]),
+                           "prob_high": float(probs[j][-1]), "class_index": k, **localisation(cams[j], masks[j])}
+                    per.append(row)
+                if p in scored:
+                    rows.extend(per)
+                if p in shown:
+                    j = int(masks.reshape(len(masks), -1).sum(1).argmax())
+                    paths.append(figure_2d(images[j, 0].float().numpy(), cams[j], masks[j],
+                                           self.output_dir / f"{prefix}_{pid}.png", self.window_z, per[j],
+                                           **self.fig_kw))
+            elif p in shown:
+                images = t["image"][torch.as_tensor(idx[:1])]
+                cams, probs = grad_cam(net, images, self.class_index, self.target_layer)
+                k = int(probs[0].argmax()) if self.class_index is None else self.class_index
+                meta = {"patient_id": pid, "label": int(labels[idx[0]]), "prob_high": float(probs[0][-1]),
+                        "class_index": k}
+                paths.append(figure_3d(images[0, 0].float().numpy(), cams[0], self.output_dir / f"{prefix}_{pid}.png",
+                                       self.window_z, meta, **self.fig_kw))
+        self.written.extend(paths)
+        metrics = summarise(rows, split) if rows else {}
+        if rows and split == "test":
+            import pandas as pd
+
+            from src.callbacks.predictions import atomic_write_csv
+
+            atomic_write_csv(self.output_dir / "test_scores.csv", pd.DataFrame(rows).drop(columns="patient"))
+        if metrics:
+            log.info("grad-cam %s: in tumour %.3f, pointing %.3f, chance %.3f (%d patients, %d slices)", split,
+                     metrics[f"{split}_cam_in_tumour"], metrics[f"{split}_cam_pointing"],
+                     metrics[f"{split}_cam_chance"], metrics[f"{split}_cam_n_patients"],
+                     metrics[f"{split}_cam_n_slices"])
+        return metrics, paths
+
+    @staticmethod
+    def _log_images(trainer: L.Trainer, split: str, paths: list[Path]) -> None:
+        if not paths:
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_image(key=f"gradcam/{split}", images=[str(p) for p in paths],
+                             caption=[p.stem for p in paths], step=trainer.global_step)

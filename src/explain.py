@@ -1,0 +1,189 @@
+"""Grad-CAM figure(s) of one patient from a trained job: the paper's Figure 6 on demand.
+
+Usage (from the folder training ran in, so that the job's relative data paths resolve)::
+
+    python -m src.explain ckpt_path=outputs/runs/<job>/checkpoints/last.ckpt patient_id=SYN0002
+    python -m src.explain ckpt_path=... slice_index=all class_index=1 out_dir=/tmp/cams
+
+Options and defaults: ``conf/explain.yaml``. The job folder is the checkpoint's folder's parent;
+its ``.hydra/config.yaml`` rebuilds the network and the datamodule (which reads the preprocessing
+cache). The checkpoint's ``state_dict`` is loaded with ``torch.load(weights_only=True)`` (keys
+``net.*``). Weak jobs: one PNG per slice (CT | heat map | tumour location), the CT drawn in HU
+with W400/L40 from the original image (``hu=true``); strong jobs: one PNG with the ROI's axial,
+coronal and sagittal mid-planes (z-scored ROI; the cache holds no ROI mask). Prints the paths.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+CONF = Path(__file__).resolve().parents[1] / "conf" / "explain.yaml"
+
+
+def job_config(ckpt_path: str | Path) -> tuple[Path, DictConfig]:
+    """(job folder, its saved config) for a checkpoint in ``JOB/checkpoints/``."""
+    from src.errors import InputError
+
+    ckpt = Path(ckpt_path)
+    if not ckpt.is_file():
+        raise InputError("checkpoint not found", path=str(ckpt))
+    job = ckpt.resolve().parent.parent
+    saved = job / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise InputError("no .hydra/config.yaml in the job folder (the checkpoint's folder's parent)", path=str(saved))
+    cfg = OmegaConf.load(saved)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(job)  # the saved value is a ${hydra:...} interpolation
+    return job, cfg
+
+
+def load_net(cfg: DictConfig, ckpt_path: str | Path):
+    """The job's network with the checkpoint's weights (``net.*`` keys of its state_dict)."""
+    import torch
+    from hydra.utils import instantiate
+
+    net = instantiate(cfg.model.net)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    net.load_state_dict(weights)
+    return net.eval()
+
+
+def hu_slices(dm, patient: int) -> dict:
+    """{slice_index: (H, W) HU slice} of one patient: the weak preprocessing without the z-score."""
+    import numpy as np
+    from monai.transforms import Compose, Orientationd, Resized
+
+    from src.data.io import read_image, to_metatensor
+    from src.data.manifest import cases_for_phase
+    from src.data.preprocess import KEYS, RAS_LABELS, BinarizeMaskd, LesionSlicesd
+
+    case = cases_for_phase(dm.manifest_path(), dm.phase)[patient]
+    image = to_metatensor(read_image(case.image, case.patient_id))
+    mask = to_metatensor(read_image(case.mask, case.patient_id), dtype=np.float32)
+    size = tuple(dm.pp.get("slice_size", (256, 256)))
+    d = Compose([
+        BinarizeMaskd("mask", label=dm.tumour_label),
+        Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
+        LesionSlicesd(keys=KEYS, min_voxels=dm.pp.get("min_tumour_voxels", 1)),
+        Resized(keys=KEYS, spatial_size=size, mode=("bilinear", "nearest"), anti_aliasing=(True, False)),
+    ])({"image": image, "mask": mask})
+    img = np.asarray(d["image"], dtype=np.float32)
+    return {int(z): img[i] for i, z in enumerate(d["slice_index"])}
+
+
+def score(dm, net, gc, out_dir: Path, class_index, window_z) -> list[Path]:
+    """The callback's test pass on a checkpoint: figures for ``n_patients`` test patients and, weak,
+    the localisation score over the test set (``out_dir/test_scores.csv``); prints the metrics."""
+    import json
+
+    from src.callbacks.gradcam import GradCamCallback
+
+    kw = OmegaConf.to_container(gc, resolve=True) if isinstance(gc, DictConfig) else dict(gc)
+    kw = {k: v for k, v in kw.items() if not k.startswith("_")}
+    kw.update(output_dir=str(out_dir), class_index=class_index, window_z=list(window_z))
+    metrics, paths = GradCamCallback(**kw).compute(dm, net, "test", "test", score_all=True)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return paths
+
+
+def explain(opts: DictConfig) -> list[Path]:
+    import numpy as np
+    import torch
+    from hydra.utils import instantiate
+
+    from src.callbacks.gradcam import gradcam_figure, hu_window
+    from src.errors import InputError
+
+    job, cfg = job_config(opts.ckpt_path)
+    net = load_net(cfg, opts.ckpt_path)
+    gc = cfg.get("callbacks", {}).get("gradcam") or {}
+    class_index = opts.class_index if opts.class_index is not None else gc.get("class_index")
+    window_z = tuple(opts.window_z if opts.window_z is not None else gc.get("window_z", (-2.0, 2.0)))
+    target_layer = gc.get("target_layer", "layer4")
+    out_dir = Path(opts.out_dir) if opts.out_dir else job / "gradcam" / "explain"
+
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("test")
+    if opts.score:
+        return score(dm, net, gc, out_dir, class_index, window_z)
+    pid = opts.patient_id
+    if pid is None:
+        test = dm.datasets["test"].tensors["patient"]
+        pid = dm.patient_ids[int(test.min())]
+    pid = str(pid)
+    if pid not in dm.patient_ids:
+        raise InputError(f"patient '{pid}' is not in this job's cohort ({len(dm.patient_ids)} patients)")
+    p = dm.patient_ids.index(pid)
+    split = "test" if dm.splits.get(pid) == "test" else "train"
+    t = dm.datasets[split].tensors
+    rows = torch.nonzero(t["patient"] == p).flatten()
+    slices = t["slice"][rows]
+    meta = {"patient_id": pid, "label": int(t["label"][rows[0]])}
+    paths: list[Path] = []
+    if dm.supervision == "strong":
+        res = gradcam_figure(net, t["image"][rows[0]].float(), None, 3, out_dir / f"{pid}_roi.png",
+                             class_index=class_index, window=window_z, meta=meta, target_layer=target_layer)
+        return [res["path"]]
+    order = torch.argsort(slices)
+    rows, slices = rows[order], slices[order]
+    areas = [int(dm.slice_mask(p, int(z)).sum()) for z in slices]
+    if opts.slice_index is None:
+        keep = [int(np.argmax(areas))]
+    elif str(opts.slice_index) == "all":
+        keep = list(range(len(rows)))
+    else:
+        hits = [i for i, z in enumerate(slices.tolist()) if z == int(opts.slice_index)]
+        if not hits:
+            raise InputError(f"slice {opts.slice_index} is not a lesion slice of {pid} "
+                             f"(lesion slices: {slices.tolist()})")
+        keep = hits
+    hu = {}
+    if opts.hu:
+        try:
+            hu = hu_slices(dm, p)
+        except Exception as exc:  # noqa: BLE001 - the figure still works from the z-scored input
+            log.warning("original CT unreadable (%s): drawing the z-scored input", exc)
+    for i in keep:
+        z = int(slices[i])
+        shown = hu.get(z)
+        window = hu_window(*opts.window_hu) if shown is not None else window_z
+        res = gradcam_figure(net, t["image"][rows[i]].float(), dm.slice_mask(p, z), 2,
+                             out_dir / f"{pid}_slice{z:03d}.png", class_index=class_index, display_image=shown,
+                             window=window, meta={**meta, "slice_index": z}, target_layer=target_layer)
+        paths.append(res["path"])
+        log.info("%s slice %d: p(high)=%.3f, in tumour %.3f (chance %.3f), pointing %.2f", pid, z,
+                 res["prob_high"], res["cam_in_tumour"], res["cam_chance"], res["cam_pointing"])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    from src.errors import InputError
+
+    logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        print(CONF.read_text())
+        return 0
+    opts = OmegaConf.merge(OmegaConf.load(CONF), OmegaConf.from_dotlist(args))
+    try:
+        if OmegaConf.is_missing(opts, "ckpt_path"):
+            raise InputError("ckpt_path=... is required")
+        paths = explain(opts)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""Grad-CAM (issue #5): map shapes, localisation on a model that sees a bright square, MONAI's inverted
+default normaliser, training state untouched, the callback in a smoke run, the standalone command."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from src.callbacks.gradcam import (
+    cam_in_tumour,
+    chance_level,
+    grad_cam,
+    gradcam_figure,
+    localisation,
+    minmax,
+    pick_patients,
+    pointing_hit,
+    spread,
+)
+
+SQUARE = (slice(36, 52), slice(8, 24))  # rows, columns of the bright square in a 64^2 image
+
+
+def square_image(size: int = 64) -> torch.Tensor:
+    x = torch.zeros(1, 1, size, size)
+    x[(0, 0, *SQUARE)] = 1.0
+    return x
+
+
+class SquareNet(nn.Module):
+    """Class 1 = "there is something bright": a 4x4 average pool, then ``layer4`` (1x1 conv + ReLU,
+    weight 1) whose 16x16 map is the image's brightness, global pooling and a linear head
+    (class 1 weight +1, class 0 weight -1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.AvgPool2d(4)
+        self.layer4 = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.layer4[0].weight.fill_(1.0)
+            self.layer4[0].bias.zero_()
+            self.fc.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.pool(self.layer4(self.stem(x))).flatten(1))
+
+
+def _square_mask(size: int = 64) -> np.ndarray:
+    m = np.zeros((size, size), bool)
+    m[SQUARE] = True
+    return m
+
+
+def _small_resnet(spatial_dims: int) -> nn.Module:
+    from src.models.nets import resnet18
+
+    torch.manual_seed(0)
+    return resnet18(spatial_dims, conv1_t_size=3, conv1_t_stride=1, widen_factor=0.125)
+
+
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (48, 40)), (3, (16, 20, 24))])
+def test_heat_map_shape_equals_input_shape(spatial_dims, shape):
+    net = _small_resnet(spatial_dims)
+    x = torch.randn(2, 1, *shape)
+    cams, probs = grad_cam(net, x, class_index=1)
+    assert cams.shape == (2, *shape)
+    assert probs.shape == (2, 2)
+    assert cams.min() >= 0.0 and cams.max() <= 1.0
+
+
+def test_heat_map_maximum_inside_the_bright_square():
+    net, x, mask = SquareNet(), square_image(), _square_mask()
+    assert net(x).argmax(1).item() == 1
+    cams, _ = grad_cam(net, x, class_index=1)
+    cam = cams[0]
+    assert cam.min() == pytest.approx(0.0) and cam.max() == pytest.approx(1.0)
+    peak = np.unravel_index(np.argmax(cam), cam.shape)
+    assert mask[peak]
+    scores = localisation(cam, mask)
+    assert scores["cam_pointing"] == 1.0
+    assert scores["cam_in_tumour"] > 0.5 > scores["cam_chance"]  # most of the mass is on the square
+
+
+def test_monai_default_normaliser_would_invert_the_map():
+    """The trap: MONAI's default post-processing maps max -> 0, so its argmax lands off the square."""
+    from monai.visualize import GradCAM
+
+    mask = _square_mask()
+    default = GradCAM(nn_module=SquareNet(), target_layers="layer4")(x=square_image(), class_idx=1)[0, 0].numpy()
+    peak = np.unravel_index(np.argmax(default), default.shape)
+    assert not mask[peak]
+    assert default[mask].mean() < default[~mask].mean()
+    ours = minmax(torch.as_tensor(default)[None, None])[0, 0].numpy()  # re-normalising keeps the inversion
+    assert ours.max() == pytest.approx(1.0) and ours.min() == pytest.approx(0.0)
+    cams, _ = grad_cam(SquareNet(), square_image(), class_index=1)
+    assert mask[np.unravel_index(np.argmax(cams[0]), cams[0].shape)]
+
+
+def test_minmax_per_sample_and_constant_maps():
+    x = torch.stack([torch.arange(6.0).view(1, 2, 3), torch.full((1, 2, 3), 5.0)])
+    y = minmax(x)
+    assert y[0].min() == 0 and y[0].max() == 1 and y[0, 0, 1, 2] == 1
+    assert torch.all(y[1] == 0)  # constant: no information, not amplified rounding noise
+    assert torch.all(minmax(torch.full((1, 1, 4, 4), 3.0) + 1e-7 * torch.randn(1, 1, 4, 4)) == 0)
+
+
+def test_localisation_scores():
+    mask = np.zeros((10, 10), bool)
+    mask[:2] = True  # 20 % of the slice
+    uniform = np.ones((10, 10))
+    assert cam_in_tumour(uniform, mask) == pytest.approx(chance_level(mask)) == pytest.approx(0.2)
+    assert pointing_hit(uniform, mask) == pytest.approx(0.2)  # a plateau counts by its share in the tumour
+    peaked = np.zeros((10, 10))
+    peaked[1, 5] = 1.0
+    assert pointing_hit(peaked, mask) == 1.0 and cam_in_tumour(peaked, mask) == 1.0
+    peaked = peaked.T
+    assert pointing_hit(peaked, mask) == 0.0
+    assert np.isnan(cam_in_tumour(np.zeros((10, 10)), mask)) and np.isnan(pointing_hit(np.zeros((10, 10)), mask))
+
+
+def test_grad_cam_leaves_the_training_model_untouched():
+    net = _small_resnet(2).train()
+    for p in list(net.parameters())[:3]:
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    requires = [p.requires_grad for p in net.parameters()]
+    grad_cam(net, torch.randn(3, 1, 32, 32), class_index=None)
+    assert net.training and all(m.training for m in net.modules())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BN statistics too
+    assert all(p.grad is None for p in net.parameters())
+    assert [p.requires_grad for p in net.parameters()] == requires
+    assert not any(m._forward_hooks or m._backward_hooks for m in net.modules())
+
+
+def test_patient_and_slice_choice():
+    assert pick_patients([5, 5, 1, 2, 3, 4], [1, 1, 0, 0, 1, 0], 2) == [1, 3]
+    assert pick_patients([1, 2, 3], [0, 0, 0], 2) == [1, 2]
+    assert pick_patients([3, 1, 2], [0, 1, 0], None) == [1, 2, 3]
+    assert spread(5, 8) == [0, 1, 2, 3, 4]
+    assert spread(20, 4) == [0, 6, 13, 19]
+
+
+def test_gradcam_figure_2d_and_3d(tmp_path):
+    res = gradcam_figure(SquareNet(), square_image()[0], _square_mask(), 2, tmp_path / "a.png", class_index=1,
+                         window=(0.0, 1.0), meta={"patient_id": "P1", "slice_index": 3, "label": 1})
+    assert res["path"].is_file() and res["cam"].shape == (64, 64)
+    assert res["cam_pointing"] == 1.0 and res["class_index"] == 1
+    res3 = gradcam_figure(_small_resnet(3), torch.randn(1, 16, 16, 16), None, 3, tmp_path / "b.png")
+    assert res3["path"].is_file() and res3["cam"].shape == (16, 16, 16) and "cam_in_tumour" not in res3
+    with pytest.raises(ValueError):
+        gradcam_figure(SquareNet(), torch.zeros(2, 1, 8, 8), None, 2, tmp_path / "c.png")
+
+
+# ---------------------------------------------------------------------------- smoke runs
+SMOKE = ("preprocess.slice_size=[64,64]",  # smoke's 32^2 slices leave layer4 a single voxel
+         "callbacks.gradcam.every_n_epochs=1", "callbacks.gradcam.n_patients=2", "callbacks.gradcam.max_slices=3")
+
+
+@pytest.fixture(scope="module")
+def weak_job(tmp_path_factory, data_root):
+    from omegaconf import OmegaConf
+
+    from src.train import train
+    from tests.conftest import compose_cfg
+
+    job = tmp_path_factory.mktemp("gradcam_weak")
+    cfg = compose_cfg(["experiment=smoke", "supervision=weak", *SMOKE], job, data_root)
+    metrics = train(cfg)
+    (job / ".hydra").mkdir()
+    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")  # as Hydra does for CLI runs
+    return job, metrics
+
+
+def test_callback_writes_figures_and_scores_in_a_weak_smoke_run(weak_job):
+    job, metrics = weak_job
+    pngs = sorted(p.name for p in (job / "gradcam").glob("*.png"))
+    assert len([p for p in pngs if p.startswith("test_")]) == 2
+    assert any(p.startswith("val_epoch000_") for p in pngs) and any(p.startswith("val_epoch001_") for p in pngs)
+    saved = json.loads((job / "metrics.json").read_text())
+    for key in ("test_cam_in_tumour", "test_cam_pointing", "test_cam_chance"):
+        assert 0.0 <= saved[key] <= 1.0, key
+        assert metrics[key] == pytest.approx(saved[key])
+    assert saved["test_cam_n_patients"] == saved["n_test"]  # score_patients: null = every test patient
+    assert (job / "gradcam" / "test_scores.csv").is_file()
+
+
+def test_callback_3d_figures_in_a_strong_smoke_run(cfg_factory, tmp_path):
+    from src.train import train
+
+    cfg = cfg_factory("supervision=strong", "trainer.max_epochs=1", *SMOKE[1:], out=tmp_path / "strong")
+    metrics = train(cfg)
+    assert len(list((tmp_path / "strong" / "gradcam").glob("test_*.png"))) == 2
+    assert not any(k.startswith("test_cam") for k in metrics)  # no ROI mask: figures only
+
+
+def test_explain_command(weak_job, capsys):
+    from src.explain import main
+
+    job, _ = weak_job
+    ckpt = job / "checkpoints" / "last.ckpt"
+    assert main([f"ckpt_path={ckpt}"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.endswith(".png")]
+    assert len(printed) == 1 and (job / "gradcam" / "explain").is_dir()
+    from pathlib import Path
+
+    assert Path(printed[0]).is_file()
+    assert main([f"ckpt_path={ckpt}", "score=true", f"out_dir={job / 'scored'}"]) == 0
+    scored = json.loads(capsys.readouterr().out.split("\n/")[0])
+    assert 0.0 <= scored["test_cam_in_tumour"] <= 1.0 and (job / "scored" / "test_scores.csv").is_file()
+    assert main([f"ckpt_path={ckpt}", "patient_id=NOPE"]) == 2
+    assert main(["patient_id=SYN0000"]) == 2
+
+
+def test_report_has_cam_column_and_figure6_panel(tmp_path):
+    import pandas as pd
+
+    from src.report import write_report
+    from tests.test_report import _make_job
+
+    job = _make_job(tmp_path, 3, "UP", "weak")
+    _make_job(tmp_path, 0, "UP", "strong")
+    metrics = json.loads((job / "metrics.json").read_text())
+    metrics.update({"test_cam_in_tumour": 0.31, "test_cam_pointing": 0.5, "test_cam_chance": 0.04})
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    png = gradcam_figure(SquareNet(), square_image()[0], _square_mask(), 2, job / "gradcam" / "test_tr000.png")["path"]
+    md = write_report(tmp_path).read_text()
+    t3 = pd.read_csv(tmp_path / "report" / "table3_weak.csv").set_index("split")
+    assert t3.loc["test", "cam_in_tumour"] == pytest.approx(0.31) and np.isnan(t3.loc["train", "cam_pointing"])
+    assert "0.310 / 0.500 / 0.040" in md and "Grad-CAM in tumour / pointing / chance" in md
+    assert (tmp_path / "report" / "gradcam_UP.png").read_bytes() == png.read_bytes()
+    assert "](gradcam_UP.png)" in md and md.index("Figure 6") < md.index("## DeLong")
