@@ -14,6 +14,8 @@ CONF = str(ROOT / "conf")
 SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("PYTHONUTF8", "1")  # subprocesses print UTF-8 whatever the locale (Lightning prints emoji)
+os.environ.setdefault("PYTHONIOENCODING", "utf-8")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 

@@ -19,7 +19,7 @@ def run_cli(args, log_dir, data_root, timeout=900):
     env.pop("LOCAL_RANK", None)
     return subprocess.run([sys.executable, "-m", "src.train", *args, f"paths.log_dir={log_dir}",
                            f"paths.data_dir={data_root}/data", f"paths.cache_dir={data_root}/cache"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
 
 
 @pytest.mark.slow

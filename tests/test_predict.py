@@ -145,7 +145,7 @@ def test_command_line(strong_job, cohort, tmp_path):
     cmd = [sys.executable, "-m", "src.predict", f"ckpt_path={strong_job}",
            f"image={cohort / 'images' / 'SYN0001_CMP.nii.gz'}", f"mask={cohort / 'masks' / 'SYN0001_mask.nii.gz'}",
            "patient_id=CLI1", f"output_dir={tmp_path / 'out'}"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "patient CLI1: P(high grade) = " in res.stdout
     assert json.loads((tmp_path / "out" / "CLI1.json").read_text())["patient_id"] == "CLI1"

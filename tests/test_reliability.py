@@ -57,7 +57,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(cfg_factory, tmp_path, d
     killed_epoch = torch.load(last, weights_only=True, map_location="cpu")["epoch"]
     assert not (job / "metrics.json").exists() and killed_epoch < 3
     r = subprocess.run(cli([*args, f"hydra.run.dir={job}", "resume=true"], data_root)[0], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming from" in (job / "train.log").read_text()
     assert sha(job / "predictions/test.csv") == sha(tmp_path / "full/predictions/test.csv")
@@ -79,7 +79,7 @@ def test_failed_job_does_not_sink_the_sweep_and_resume_reruns_it(tmp_path, data_
     args = ["-m", "phase=UP,NP", "supervision=strong", "data=manifest", f"data.manifest={src}",
             "experiment=smoke", f"hydra.sweep.dir={sweep}"]
     cmd, env = cli(args, data_root)
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 1
     assert "1 job(s) failed: 1_NP_strong" in r.stderr
     err = (sweep / "1_NP_strong" / "error.txt").read_text()
@@ -92,7 +92,7 @@ def test_failed_job_does_not_sink_the_sweep_and_resume_reruns_it(tmp_path, data_
         p.write_bytes(blob)
     before = (sweep / "0_UP_strong" / "metrics.json").stat().st_mtime_ns
     r = subprocess.run(cli([*args, "resume=true"], data_root)[0], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
+                       encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (sweep / "0_UP_strong" / "metrics.json").stat().st_mtime_ns == before
     assert (sweep / "1_NP_strong" / "metrics.json").is_file()

@@ -15,7 +15,7 @@ def run_cli(args, tmp_path, timeout=600):
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "src.train", *args, f"paths.log_dir={tmp_path}",
                            f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
 
 
 @pytest.mark.slow

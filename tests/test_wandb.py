@@ -17,7 +17,7 @@ def test_one_offline_run_per_job(tmp_path, data_root):
     r = subprocess.run([sys.executable, "-m", "src.train", "-m", "phase=UP,CMP", "supervision=strong",
                         "experiment=smoke", "logger=wandb", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
                         f"paths.data_dir={data_root}/data", f"paths.cache_dir={data_root}/cache"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     for job, name in (("0_UP_strong", b"UP_strong"), ("1_CMP_strong", b"CMP_strong")):
         runs = list((sweep / job / "wandb").glob("offline-run-*"))
