@@ -215,6 +215,8 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     failed = [j for j in jobs if j.status != "ok"]
     manifest = None
     mpath = sweep_dir / "manifest.csv"
+    if not mpath.is_file():  # jobs run one by one: each job folder holds its cohort (grade, split, clinical)
+        mpath = next(iter(sorted(sweep_dir.glob("*/cohort.csv"))), mpath)
     if mpath.is_file():
         try:
             manifest = pd.read_csv(mpath, dtype=str, keep_default_na=False)
