@@ -93,7 +93,7 @@ def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[i
             else:
                 k = int(class_index[i])
             maps.append(cam(x=x, class_idx=k)[0, 0].detach().cpu().numpy())
-            probs.append(p.numpy())
+            probs.append(p.cpu().numpy())
             if i == 0:
                 _warn_if_one_voxel(cam, target_layer)
         model.zero_grad(set_to_none=True)
@@ -382,7 +382,8 @@ class GradCamCallback(L.Callback):
         if ds is None or len(ds) == 0:
             return {}, []
         t = ds.tensors
-        patients, labels, slices = t["patient"].numpy(), t["label"].numpy(), t["slice"].numpy()
+        # the data may be GPU-resident
+        patients, labels, slices = (t[k].cpu().numpy() for k in ("patient", "label", "slice"))
         weak = bool((slices >= 0).any())
         shown = pick_patients(patients, labels, self.n_patients)
         scored = pick_patients(patients, labels, self.score_patients) if (weak and score_all) else shown
@@ -410,7 +411,7 @@ class GradCamCallback(L.Callback):
                     rows.extend(per)
                 if p in shown:
                     j = int(masks.reshape(len(masks), -1).sum(1).argmax())
-                    paths.append(figure_2d(images[j, 0].float().numpy(), cams[j], masks[j],
+                    paths.append(figure_2d(images[j, 0].float().cpu().numpy(), cams[j], masks[j],
                                            self.output_dir / f"{prefix}_{pid}.png", self.window_z, per[j],
                                            **self.fig_kw))
             elif p in shown:
@@ -419,8 +420,9 @@ class GradCamCallback(L.Callback):
                 k = int(probs[0].argmax()) if self.class_index is None else self.class_index
                 meta = {"patient_id": pid, "label": int(labels[idx[0]]), "prob_high": float(probs[0][-1]),
                         "class_index": k}
-                paths.append(figure_3d(images[0, 0].float().numpy(), cams[0], self.output_dir / f"{prefix}_{pid}.png",
-                                       self.window_z, meta, **self.fig_kw))
+                out = self.output_dir / f"{prefix}_{pid}.png"
+                paths.append(figure_3d(images[0, 0].float().cpu().numpy(), cams[0], out, self.window_z, meta,
+                                       **self.fig_kw))
         self.written.extend(paths)
         metrics = summarise(rows, split) if rows else {}
         if rows and split == "test":
