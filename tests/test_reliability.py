@@ -59,7 +59,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(cfg_factory, tmp_path, d
     r = subprocess.run(cli([*args, f"hydra.run.dir={job}", "resume=true"], data_root)[0], cwd=ROOT, env=env,
                        capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "resuming from" in (job / "train.log").read_text()
+    assert "resuming from" in (job / "train.log").read_text(encoding="utf-8", errors="replace")
     assert sha(job / "predictions/test.csv") == sha(tmp_path / "full/predictions/test.csv")
     assert sha(job / "predictions/train.csv") == sha(tmp_path / "full/predictions/train.csv")
 
@@ -82,10 +82,10 @@ def test_failed_job_does_not_sink_the_sweep_and_resume_reruns_it(tmp_path, data_
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 1
     assert "1 job(s) failed: 1_NP_strong" in r.stderr
-    err = (sweep / "1_NP_strong" / "error.txt").read_text()
+    err = (sweep / "1_NP_strong" / "error.txt").read_text(encoding="utf-8", errors="replace")
     assert err.startswith("InputError: ") and "SYN0015_NP.nii.gz" in err and "Traceback" in err
     assert (sweep / "0_UP_strong" / "metrics.json").is_file()
-    report = (sweep / "report" / "report.md").read_text()
+    report = (sweep / "report" / "report.md").read_text(encoding="utf-8")
     assert "NP" in report and "fail" in report.lower()
     # fix the data, resume: only the failed job runs again
     for p, blob in saved.items():

@@ -62,7 +62,7 @@ def record_failure(job_dir: Path, exc: BaseException) -> Path:
     path = job_dir / "error.txt"
     tmp = job_dir / f".error.txt.{os.getpid()}.tmp"
     text = f"{type(exc).__name__}: {exc}\n\n" + "".join(traceback.format_exception(exc))
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
