@@ -46,3 +46,29 @@ def test_empty_wandb_mode_is_dropped(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "")
     with job_scope(tmp_path):
         assert "WANDB_MODE" not in os.environ
+
+
+def test_report_is_logged_to_wandb(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from src.callbacks.hydra_hooks import log_report_to_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    report = tmp_path / "report"
+    report.mkdir()
+    pd.DataFrame({"phase": ["CMP"], "auc": [0.9]}).to_csv(report / "table2_strong.csv", index=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.plot([0, 1]), plt.savefig(report / "roc_strong.png"), plt.close()
+    log_report_to_wandb(report, project="ccrcc-grade-test", group="sweep_x", offline=True)
+    runs = list((report / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    media = sorted(p.name for p in (runs[0] / "files" / "media").rglob("*") if p.is_file())
+    assert any(n.startswith("table2_strong") and n.endswith(".table.json") for n in media), media
+    assert any(n.startswith("roc_strong") and n.endswith(".png") for n in media), media
+    import wandb
+
+    assert wandb.run is None

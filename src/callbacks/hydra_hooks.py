@@ -33,5 +33,27 @@ class SweepReport(Callback):
 
             out = write_report(sweep)
             log.info("sweep report: %s", out / "report.md")
+            wandb_cfg = (config.get("logger") or {}).get("wandb")
+            if wandb_cfg is not None:
+                log_report_to_wandb(out, project=wandb_cfg.get("project", "ccrcc-grade"), group=sweep.name,
+                                    offline=bool(wandb_cfg.get("offline", False)))
         except Exception as exc:  # the sweep's results stay; the report can be rerun by hand
             log.error("sweep report failed (%s); rerun: python -m src.report %s", exc, sweep)
+
+
+def log_report_to_wandb(report_dir: Path, project: str, group: str, offline: bool = False) -> None:
+    """One extra wandb run per sweep (name ``report``, same group as the jobs): every table of the
+    report as a ``wandb.Table`` and every figure as an image."""
+    import pandas as pd
+    import wandb
+
+    run = wandb.init(project=project, group=group, name="report", job_type="report", dir=str(report_dir),
+                     mode="offline" if offline else None, reinit=True)
+    try:
+        for csv in sorted(report_dir.glob("*.csv")):
+            df = pd.read_csv(csv).astype(str)
+            run.log({f"table/{csv.stem}": wandb.Table(dataframe=df)})
+        for png in sorted(report_dir.glob("*.png")):
+            run.log({f"figure/{png.stem}": wandb.Image(str(png))})
+    finally:
+        run.finish()
