@@ -181,12 +181,8 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str]) -> str:
             "Accuracy, sensitivity, specificity are training / testing at threshold 0.5 "
             "(CIs in table2_strong.csv). AUC CI: DeLong.\n\n"
         )
-    for key, title in (
-        ("roc_strong", "Figure 4. ROC curves, strongly supervised models"),
-        ("confusion_strong", "Figure A1. Confusion matrices, strongly supervised, testing set"),
-    ):
-        if key in figs:
-            md.append(f"### {title}\n\n![{title}]({figs[key]})\n\n")
+    _figures(md, figs, (("roc_strong", "Figure 4. ROC curves, strongly supervised models"),
+                        ("confusion_strong", "Figure A1. Confusion matrices, strongly supervised, testing set")))
 
     md.append("## Table 3. Weakly supervised 2D ResNet-18 (single slice and patient level)\n\n")
     if t3.empty:
@@ -229,12 +225,8 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str]) -> str:
             "of the per-patient mean over up to 8 lesion slices (docs/gradcam.md).\n\n"
         )
         # --- end gradcam ---
-    for key, title in (
-        ("roc_weak", "Figure 5. ROC curves, weakly supervised models"),
-        ("confusion_weak", "Figure A2. Confusion matrices, weakly supervised, testing set"),
-    ):
-        if key in figs:
-            md.append(f"### {title}\n\n![{title}]({figs[key]})\n\n")
+    _figures(md, figs, (("roc_weak", "Figure 5. ROC curves, weakly supervised models"),
+                        ("confusion_weak", "Figure A2. Confusion matrices, weakly supervised, testing set")))
 
     # --- gradcam (issue #5): Figure 6, one Grad-CAM panel per phase (weak models) ---
     panels = [(k, v) for k, v in figs.items() if k.startswith("gradcam_")]
@@ -266,6 +258,13 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str]) -> str:
         "without continuity correction, or Fisher's exact test when an expected count is < 5.\n"
     )
     return "".join(md)
+
+
+def _figures(md: list[str], figs: dict, entries) -> None:
+    """Append each available figure (key, title) as a markdown section."""
+    for key, title in entries:
+        if key in figs:
+            md.append(f"### {title}\n\n![{title}]({figs[key]})\n\n")
 
 
 def write_report(sweep_dir: str | Path) -> Path:
