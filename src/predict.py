@@ -34,6 +34,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from src.utils.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 DECISIONS = {0: "low grade (WHO/ISUP 1-2)", 1: "high grade (WHO/ISUP 3-4)"}
 STRONG_THRESHOLD = 0.5  # as the prediction writer (src/callbacks/predictions.py)
@@ -223,9 +225,7 @@ def predict(ckpt_path, image, mask, patient_id: str = "patient", output_dir=None
         if gradcam:
             out["gradcam"] = gradcam_hook(net, settings, result, out_dir, patient_id)
         path = out_dir / f"{patient_id}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
         out["json"] = str(path)
     elif gradcam:
         raise InputError("gradcam=true needs an output_dir")

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,31 +31,13 @@ from src.reporting.tables import (
     table2_strong,
     table3_weak,
 )
+from src.utils.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
 __all__ = ["write_report", "main"]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _write_csv(path: Path, df: pd.DataFrame) -> None:
-    atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
+    atomic_write_csv(path, df, float_format="%.10g")
 
 
 def _md_table(df: pd.DataFrame, cols: list[str], headers: list[str] | None = None) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
@@ -23,18 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from src.utils.atomic import atomic_write_csv, atomic_write_text
+
 log = logging.getLogger(__name__)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
-    atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
 
 
 def score(labels: np.ndarray, prob_high: np.ndarray, pred: np.ndarray, prefix: str) -> dict[str, float]:
@@ -127,9 +117,9 @@ class PredictionWriter(L.Callback):
             logger.log_metrics(loggable, step=trainer.global_step)
         if trainer.is_global_zero:
             for fname, frame in frames.items():
-                atomic_write_csv(self.output_dir / "predictions" / f"{fname}.csv", frame)
+                atomic_write_csv(self.output_dir / "predictions" / f"{fname}.csv", frame, float_format="%.10g")
             if hasattr(dm, "cohort_table"):
-                atomic_write_csv(self.output_dir / "cohort.csv", dm.cohort_table())
+                atomic_write_csv(self.output_dir / "cohort.csv", dm.cohort_table(), float_format="%.10g")
             summary = {**self.meta, **metrics}
             if any(name.endswith("_slices") for name in frames):
                 summary["aggregation"] = self.aggregation["method"]

@@ -29,6 +29,7 @@ import numpy as np
 
 from src.data.datamodule import GradeDataModule
 from src.errors import InputError
+from src.utils.atomic import atomic_write_csv
 
 log = logging.getLogger(__name__)
 KITS23_VERSION = 1
@@ -146,10 +147,7 @@ def build_kits23_manifest(root: str | Path, cache_dir: str | Path, phase: str = 
         (out.parent / "README.txt").write_text(
             "SYNTHETIC CT intensities planted in real KiTS23 masks by src/data/kits23.py "
             "(synthesize_kits_imaging). Masks, grades and clinical data are real; intensities are not.\n")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, out)
-    return out
+    return atomic_write_csv(out, pd.DataFrame(rows))
 
 
 def _bbox(mask: np.ndarray, margin=0) -> tuple[slice, ...] | None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from src.errors import InputError
+from src.utils.atomic import atomic_write_csv, atomic_write_text
 
 log = logging.getLogger(__name__)
 VALIDATION_VERSION = 1
@@ -327,10 +327,7 @@ def _class_problems(ids, labels, splits, split_cfg, seed, manifest) -> list[Prob
 
 
 def _touch(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("ok\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "ok\n")
 
 
 # ------------------------------------------------------------------------------------------- datamodule
@@ -353,11 +350,7 @@ def write_cleaned_manifest(source: Path, report: ValidationReport, out: Path, ph
         if col.endswith(("_image", "_mask")) or col == "mask":
             df[col] = [str(Path(v) if Path(v).is_absolute() else (source.parent / v).resolve()) if str(v).strip()
                        else v for v in df[col]]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out)
-    return out
+    return atomic_write_csv(out, df)
 
 
 def validate_datamodule_cohort(dm, source: str | Path) -> Path:

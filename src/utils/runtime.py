@@ -58,13 +58,10 @@ def job_status(job_dir: Path) -> str:
 
 def record_failure(job_dir: Path, exc: BaseException) -> Path:
     """Write the error and its traceback to ``job_dir/error.txt`` (atomically)."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    path = job_dir / "error.txt"
-    tmp = job_dir / f".error.txt.{os.getpid()}.tmp"
+    from src.utils.atomic import atomic_write_text
+
     text = f"{type(exc).__name__}: {exc}\n\n" + "".join(traceback.format_exception(exc))
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(job_dir / "error.txt", text)
 
 
 def load_metrics(job_dir: Path) -> dict:
