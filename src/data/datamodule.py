@@ -235,13 +235,10 @@ class GradeDataModule(L.LightningDataModule):
         from src.data.io import read_image, to_metatensor
         from src.data.preprocess import preprocess_strong, preprocess_weak
 
+        # geometry and finiteness were checked by src/data/validate.py before any case gets here
+        # (prepare_data -> validate_datamodule_cohort; src.predict -> check_pair)
         img_s, msk_s = read_image(case.image, case.patient_id), read_image(case.mask, case.patient_id)
-        if img_s.GetSize() != msk_s.GetSize():
-            raise InputError(f"mask size {msk_s.GetSize()} differs from image size {img_s.GetSize()}",
-                             case.patient_id, str(case.mask))
         image, mask = to_metatensor(img_s), to_metatensor(msk_s, dtype=np.float32)
-        if not np.isfinite(image.numpy()).all():
-            raise InputError("image contains non-finite values", case.patient_id, str(case.image))
         try:
             if self.supervision == "strong":
                 return preprocess_strong(image, mask, size=self.pp.get("roi_size", (32, 32, 32)),
