@@ -204,10 +204,12 @@ class GradeDataModule(L.LightningDataModule):
         # --- end issue #6 ---
         if self.manifest:
             return Path(self.manifest)
+        return self.data_dir / f"synthetic_{self._synthetic_spec().key()}" / "manifest.csv"
+
+    def _synthetic_spec(self):
         from src.data.synthetic import SyntheticSpec
 
-        spec = SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.synthetic.items()})
-        return self.data_dir / f"synthetic_{spec.key()}" / "manifest.csv"
+        return SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.synthetic.items()})
 
     def _ensure_cohort(self) -> Path:
         path = self._source_manifest()  # issue #6
@@ -218,9 +220,9 @@ class GradeDataModule(L.LightningDataModule):
             return build_kits23_manifest(self.kits23_root, self.cache_root, phase=self.phase, **self.kits23)
         # --- end issue #6 ---
         if not self.manifest and not path.exists():
-            from src.data.synthetic import SyntheticSpec, generate_cohort
+            from src.data.synthetic import generate_cohort
 
-            spec = SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.synthetic.items()})
+            spec = self._synthetic_spec()
             log.info("generating synthetic cohort (%d patients) in %s", spec.n_patients, path.parent)
             generate_cohort(path.parent, spec, log=log, workers=self._n_workers())
         return path
