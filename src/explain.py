@@ -43,14 +43,12 @@ def job_config(ckpt_path: str | Path) -> tuple[Path, DictConfig]:
 
 def load_net(cfg: DictConfig, ckpt_path: str | Path):
     """The job's network with the checkpoint's weights (``net.*`` keys of its state_dict)."""
-    import torch
     from hydra.utils import instantiate
 
+    from src.utils.runtime import load_checkpoint_state
+
     net = instantiate(cfg.model.net)
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-    net.load_state_dict(weights)
+    net.load_state_dict(load_checkpoint_state(ckpt_path))
     return net.eval()
 
 

@@ -92,20 +92,18 @@ def job_settings(job_cfg: DictConfig) -> dict:
 
 def load_network(ckpt: Path, net_cfg: dict):
     """The network of the job config with the checkpoint's ``net.*`` weights, in eval mode."""
-    import torch
     from hydra.utils import instantiate
 
     from src.errors import InputError
+    from src.utils.runtime import load_checkpoint_state
 
     net = instantiate(net_cfg)
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        net_sd = load_checkpoint_state(ckpt)
+    except ValueError as exc:
+        raise InputError(str(exc), path=str(ckpt)) from None
     except Exception as exc:
         raise InputError(f"cannot load checkpoint ({type(exc).__name__}: {str(exc)[:160]})", path=str(ckpt)) from None
-    sd = state.get("state_dict", state) if isinstance(state, dict) else None
-    if not isinstance(sd, dict):
-        raise InputError("checkpoint has no state_dict", path=str(ckpt))
-    net_sd = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
     try:
         net.load_state_dict(net_sd)
     except RuntimeError as exc:

@@ -106,5 +106,7 @@ def load_checkpoint_state(path: str | Path, prefix: str = "net.") -> dict:
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError("checkpoint has no state_dict")
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
