@@ -112,6 +112,30 @@ def test_non_finite_loss_stops_with_epoch_and_batch():
         module.training_step(batch, 7)
 
 
+def test_deferred_non_finite_check_names_the_first_bad_batch():
+    """With checks every 4 steps (no host-device sync in between) a NaN at batch 5 stops the run at
+    the check after batch 7 and the message still names batch 5."""
+    from src.models.module import GradeModule
+
+    class MaybeNaN(torch.nn.Module):
+        bad = False
+
+        def forward(self, x):
+            out = torch.zeros(len(x), 2) + x.mean()
+            return out * float("nan") if self.bad else out
+
+    net = MaybeNaN()
+    module = GradeModule(net, optimizer=None, nan_check_every_n_steps=4)
+    batch = {"image": torch.ones(2, 1, 4, 4), "label": torch.tensor([0, 1])}
+    for i in range(5):
+        module.training_step(batch, i)  # finite; the check after batch 3 passes
+    net.bad = True
+    module.training_step(batch, 5)
+    module.training_step(batch, 6)  # recorded, not yet read
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at epoch 0, batch 5"):
+        module.training_step(batch, 7)
+
+
 def test_atomic_writes_leave_old_file_or_new_file(tmp_path, monkeypatch):
     from src.callbacks.predictions import atomic_write_csv
 

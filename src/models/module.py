@@ -20,13 +20,18 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecal
 
 
 def _metrics(prefix: str) -> MetricCollection:
-    return MetricCollection({"auc": BinaryAUROC(), "accuracy": BinaryAccuracy(), "sensitivity": BinaryRecall(),
-                             "specificity": BinarySpecificity()}, prefix=prefix)
+    # validate_args=False: the inputs are our own probabilities and 0/1 labels, and torchmetrics' checks
+    # (torch.unique of the targets) force a host-device sync on every update on a GPU
+    kw = {"validate_args": False}
+    return MetricCollection({"auc": BinaryAUROC(**kw), "accuracy": BinaryAccuracy(**kw),
+                             "sensitivity": BinaryRecall(**kw), "specificity": BinarySpecificity(**kw)},
+                            prefix=prefix)
 
 
 class GradeModule(L.LightningModule):
     def __init__(self, net: nn.Module, optimizer, scheduler=None, label_smoothing: float = 0.0,
-                 channels_last: bool | str = "auto", compile: bool = False, compile_mode: str | None = None):
+                 channels_last: bool | str = "auto", compile: bool = False, compile_mode: str | None = None,
+                 nan_check_every_n_steps: int = 1):
         super().__init__()
         # the network and the optimizer factories are objects: the run's Hydra config records them
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
@@ -38,6 +43,7 @@ class GradeModule(L.LightningModule):
         self.eval_outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self._memory_format: torch.memory_format | None = None
         self._compiled = None  # kept out of the module tree: checkpoints keep plain ``net.*`` keys
+        self._first_bad: torch.Tensor | None = None  # (batch index, loss) of the epoch's first non-finite loss
 
     # ---------------------------------------------------------------- fast path (issue #7)
     def setup(self, stage: str) -> None:
@@ -65,11 +71,41 @@ class GradeModule(L.LightningModule):
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
         return logits, loss
 
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop on a non-finite training loss, naming the epoch and the first bad batch.
+
+        Checked every ``nan_check_every_n_steps`` steps and at the last batch of each epoch, i.e. always
+        before validation and checkpointing. Between checks the first bad (batch, loss) is recorded on
+        the device: reading it is a host-device sync, and one per step would stop a GPU from queueing
+        the next step while it computes the current one.
+        """
+        every = int(self.hparams.get("nan_check_every_n_steps", 1))
+        if every <= 1:
+            if not torch.isfinite(loss):
+                self._raise_non_finite(batch_idx, loss.item())
+            return
+        if self._first_bad is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.tensor([-1.0, 0.0], device=loss.device)
+        new = ~torch.isfinite(loss.detach()) & (self._first_bad[0] < 0)
+        self._first_bad = torch.where(new, torch.stack([torch.full_like(loss, batch_idx), loss.detach()]).float(),
+                                      self._first_bad)
+        trainer = getattr(self, "_trainer", None)
+        n_batches = trainer.num_training_batches if trainer is not None else float("inf")
+        if (batch_idx + 1) % every == 0 or batch_idx + 1 >= n_batches:
+            bad_batch, bad_loss = self._first_bad.tolist()
+            if bad_batch >= 0:
+                self._raise_non_finite(int(bad_batch), bad_loss)
+
+    def _raise_non_finite(self, batch_idx: int, value: float) -> None:
+        self._first_bad = None
+        raise FloatingPointError(f"non-finite training loss {value} at epoch {self.current_epoch}, batch {batch_idx}")
+
+    def on_train_epoch_start(self):
+        self._first_bad = None
+
     def training_step(self, batch, batch_idx):
         logits, loss = self._step(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, "
-                                     f"batch {batch_idx}")
+        self._check_finite(loss, batch_idx)
         self.train_metrics.update(logits.softmax(-1)[:, 1].detach(), batch["label"])
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
