@@ -425,10 +425,9 @@ def prepare_all(cfg, phases=("UP", "CMP", "NP"), supervisions=("strong", "weak")
     ``data.workers`` processes over all cases (a pool per job would re-import torch/MONAI six times),
     then each job's ``prepare_data`` (validation; cache hits only)."""
     import copy
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
     from src.data.datamodule import _preprocess_job
+    from src.utils.pool import process_pool
     from src.data.manifest import cases_for_phase
 
     t = time.perf_counter()
@@ -445,7 +444,7 @@ def prepare_all(cfg, phases=("UP", "CMP", "NP"), supervisions=("strong", "weak")
             todo += [(clone, c, k) for c in cases_for_phase(manifest, phase) if (k := dm._key(c)) not in dm.cache]
     workers = min(dms[0]._n_workers(), len(todo))
     if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        with process_pool(workers) as pool:
             list(pool.map(_preprocess_job, todo, chunksize=1))
     else:
         for clone, case, key in todo:

@@ -72,6 +72,7 @@ def main(cfg: DictConfig) -> float | None:
     (job_dir / "error.txt").unlink(missing_ok=True)
     with runtime.job_scope(job_dir):
         try:
+            runtime.check_launcher(cfg, HydraConfig.get())
             metrics = train(cfg)
         except Exception as exc:
             if runtime.is_ddp_child():

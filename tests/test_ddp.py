@@ -85,3 +85,26 @@ def test_submitit_launcher_composes():
     assert cfg.hydra.launcher.tasks_per_node == 8 and cfg.hydra.launcher.nodes == 2
     assert cfg.trainer.num_nodes == 2 and cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu"
     assert cfg.trainer.sync_batchnorm is True
+
+
+def test_gpu_sweep_preset_composes_and_refuses_ddp():
+    """experiment=gpu_sweep: the jobs at once on one GPU through hydra-joblib-launcher."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from src.errors import InputError
+    from src.utils import runtime
+    from tests.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=gpu_sweep"], return_hydra_config=True)
+        ddp = compose("train", overrides=["experiment=gpu_sweep", "trainer=ddp"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.launcher.n_jobs == cfg.data.concurrent_jobs == 6
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.trainer.benchmark is True and cfg.trainer.deterministic is False
+    runtime.check_launcher(cfg, cfg.hydra)  # single-device jobs are fine
+    with pytest.raises(InputError, match="cannot run under hydra/launcher=joblib"):
+        runtime.check_launcher(ddp, ddp.hydra)

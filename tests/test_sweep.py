@@ -11,19 +11,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(args, tmp_path, timeout=600):
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+def run_cli(args, tmp_path, timeout=600, **env_vars):
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **env_vars}
     return subprocess.run([sys.executable, "-m", "src.train", *args, f"paths.log_dir={tmp_path}",
                            f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache"],
                           cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
 
 
-@pytest.mark.slow
-def test_six_job_multirun_one_sweep_folder(tmp_path):
+@pytest.fixture(scope="module")
+def six_job_sweep(tmp_path_factory) -> Path:
+    """The six-job smoke sweep with the default (sequential) launcher, one thread per job (the
+    parallel sweep below gives each of its 2 jobs one thread; the thread count changes float sums)."""
+    tmp_path = tmp_path_factory.mktemp("six")
     r = run_cli(["-m", "phase=UP,CMP,NP", "supervision=strong,weak", "experiment=smoke",
-                 "hydra.sweep.dir=" + str(tmp_path / "sweep")], tmp_path)
+                 "hydra.sweep.dir=" + str(tmp_path / "sweep")], tmp_path, OMP_NUM_THREADS="1")
     assert r.returncode == 0, r.stderr[-3000:]
-    sweep = tmp_path / "sweep"
+    return tmp_path / "sweep"
+
+
+@pytest.mark.slow
+def test_six_job_multirun_one_sweep_folder(six_job_sweep):
+    sweep = six_job_sweep
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name != "report")
     assert jobs == ["0_UP_strong", "1_UP_weak", "2_CMP_strong", "3_CMP_weak", "4_NP_strong", "5_NP_weak"]
     aucs = {}
@@ -44,6 +52,43 @@ def test_six_job_multirun_one_sweep_folder(tmp_path):
     t2 = pd.read_csv(report / "table2_strong.csv")
     assert len(t2) == 3
     print("smoke test AUCs:", aucs)
+
+
+@pytest.mark.slow
+def test_parallel_launcher_runs_jobs_at_once_with_the_same_results(tmp_path, six_job_sweep):
+    """hydra/launcher=joblib (experiment=gpu_sweep's launcher) runs the jobs in parallel processes:
+    same folders and byte-identical predictions as the sequential sweep at the same thread count,
+    the report at the end."""
+    r = run_cli(["-m", "phase=UP,CMP", "supervision=strong", "experiment=smoke", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2", "data.concurrent_jobs=2", "data.workers=auto",
+                 "hydra.sweep.dir=" + str(tmp_path / "sweep")], tmp_path, OMP_NUM_THREADS="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    for job, ref in (("0_UP_strong", "0_UP_strong"), ("1_CMP_strong", "2_CMP_strong")):
+        got = (sweep / job / "predictions" / "test.csv").read_bytes()
+        assert got == (six_job_sweep / ref / "predictions" / "test.csv").read_bytes(), job
+    assert (sweep / "report" / "table2_strong.csv").is_file()
+    assert len(pd.read_csv(sweep / "report" / "table2_strong.csv")) == 2
+
+
+def test_failed_jobs_are_collected_from_the_job_folders(tmp_path, monkeypatch):
+    """The parent of a parallel sweep learns of failures from error.txt files written during this
+    multirun (not from older runs in the same folder)."""
+    import time
+
+    from src.callbacks.hydra_hooks import collect_failed_jobs
+    from src.utils import runtime
+
+    monkeypatch.setattr(runtime, "FAILED_JOBS", [])
+    for name in ("0_UP_strong", "1_UP_weak", "2_CMP_strong"):
+        (tmp_path / name).mkdir()
+    old = tmp_path / "0_UP_strong" / "error.txt"
+    old.write_text("old failure")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    start = time.time()
+    (tmp_path / "2_CMP_strong" / "error.txt").write_text("InputError: ...")
+    assert collect_failed_jobs(tmp_path, since=start) == ["2_CMP_strong"]
+    assert runtime.FAILED_JOBS == ["2_CMP_strong"]
 
 
 def test_bad_manifest_is_one_line_error(tmp_path):

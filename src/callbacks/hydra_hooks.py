@@ -1,8 +1,9 @@
-"""Hydra callbacks: the sweep's report is written when a multirun ends."""
+"""Hydra callbacks: failed jobs are collected and the sweep's report is written when a multirun ends."""
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -17,12 +18,17 @@ class SweepReport(Callback):
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
+        self.started = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if not self.enabled:
-            return
         sweep = Path(config.hydra.sweep.dir)
         if not sweep.is_dir():
+            return
+        collect_failed_jobs(sweep, since=self.started)
+        if not self.enabled:
             return
         target = sweep / "manifest.csv"
         cohorts = sorted(sweep.glob("*/cohort.csv"))
@@ -32,13 +38,24 @@ class SweepReport(Callback):
             from src.report import write_report
 
             out = write_report(sweep)
-            log.info("sweep report: %s", out / "report.md")
+            log.info("sweep report: %s", out)
             wandb_cfg = (config.get("logger") or {}).get("wandb")
             if wandb_cfg is not None:
                 log_report_to_wandb(out, project=wandb_cfg.get("project", "ccrcc-grade"), group=sweep.name,
                                     offline=bool(wandb_cfg.get("offline", False)))
         except Exception as exc:  # the sweep's results stay; the report can be rerun by hand
             log.error("sweep report failed (%s); rerun: python -m src.report %s", exc, sweep)
+
+
+def collect_failed_jobs(sweep: Path, since: float) -> list[str]:
+    """Jobs of this multirun that failed (an ``error.txt`` written since ``since``), added to
+    ``runtime.FAILED_JOBS`` so that the command exits non-zero. Read from the job folders because a
+    parallel launcher (hydra/launcher=joblib) runs the jobs in other processes."""
+    from src.utils import runtime
+
+    failed = sorted(p.parent.name for p in sweep.glob("*/error.txt") if p.stat().st_mtime >= since - 1)
+    runtime.FAILED_JOBS[:] = sorted(set(runtime.FAILED_JOBS) | set(failed))
+    return runtime.FAILED_JOBS
 
 
 def log_report_to_wandb(report_dir: Path, project: str, group: str, offline: bool = False) -> None:

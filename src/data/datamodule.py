@@ -149,7 +149,7 @@ class GradeDataModule(L.LightningDataModule):
                  split: dict | None = None, batch_size: int = 16, eval_batch_size: int | None = None,
                  num_workers: int | str = 0, pin_memory: bool | str = False, tumour_label: int | None = None,
                  seed: int = 0, device_resident: bool | str = False, device_resident_max_fraction: float = 0.5,
-                 gpu_num_workers: int = 4, workers: int | str = 0,
+                 gpu_num_workers: int = 4, workers: int | str = 0, concurrent_jobs: int = 1,
                  kits23_root: str | None = None, kits23: dict | None = None, on_invalid: str = "raise",
                  geometry_tolerance: dict | None = None):  # issue #6: the last line of arguments
         super().__init__()
@@ -170,6 +170,7 @@ class GradeDataModule(L.LightningDataModule):
         self.device_resident_max_fraction = float(device_resident_max_fraction)
         self.gpu_num_workers = int(gpu_num_workers)
         self.workers = _auto(workers, int)  # processes for cohort generation and preprocessing (0: this one)
+        self.concurrent_jobs = max(1, int(concurrent_jobs))  # jobs sharing this machine (workers=auto splits the CPUs)
         self._placed: torch.device | None = None
         self.tumour_label, self.seed = tumour_label, int(seed)
         self.stats = {"preprocessed": 0, "cached": 0}
@@ -224,7 +225,8 @@ class GradeDataModule(L.LightningDataModule):
 
             spec = self._synthetic_spec()
             log.info("generating synthetic cohort (%d patients) in %s", spec.n_patients, path.parent)
-            generate_cohort(path.parent, spec, log=log, workers=self._n_workers())
+            # one cohort for all jobs: concurrent jobs wait for the one that generates it, which uses all CPUs
+            generate_cohort(path.parent, spec, log=log, workers=self._n_workers(shared=True))
         return path
 
     def _params(self) -> dict:
@@ -272,10 +274,15 @@ class GradeDataModule(L.LightningDataModule):
         self.stats["cached"] += cached
         log.info("preprocessing %s/%s: %d computed, %d from cache", self.phase, self.supervision, done, cached)
 
-    def _n_workers(self) -> int:
+    def _n_workers(self, shared: bool = False) -> int:
+        """Worker processes: ``workers``, or with ``auto`` all CPUs for work shared by every job of a sweep
+        (the cohort) and ``CPUs // concurrent_jobs`` for a job's own preprocessing."""
         import os
 
-        return (os.cpu_count() or 1) if self.workers == "auto" else self.workers
+        if self.workers != "auto":
+            return self.workers
+        cpus = os.cpu_count() or 1
+        return cpus if shared else max(1, cpus // self.concurrent_jobs)
 
     def _preprocess_all(self, todo: list) -> None:
         """Preprocess ``(case, key)`` pairs into the cache: in this process, or with ``workers`` processes
@@ -286,12 +293,12 @@ class GradeDataModule(L.LightningDataModule):
                 self.cache.save(key, self._preprocess(case))
             return
         import copy
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+
+        from src.utils.pool import process_pool
 
         clone = copy.copy(self)
         clone.trainer, clone.datasets, clone.slice_masks = None, {}, {}
-        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+        with process_pool(n) as pool:
             for _ in pool.map(_preprocess_job, [(clone, case, key) for case, key in todo], chunksize=1):
                 pass
 

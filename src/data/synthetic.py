@@ -215,17 +215,29 @@ def generate_cohort(out_dir: str | os.PathLike, spec: SyntheticSpec | None = Non
     """Write the cohort (NIfTI images, masks, ``manifest.csv``) into ``out_dir``; return the manifest.
 
     Idempotent and atomic: an existing complete cohort (``manifest.csv`` present) is reused; a new
-    one is built in a temporary sibling folder and renamed into place at the end. ``workers`` > 1
-    generates patients in that many (spawned) processes; every patient draws from its own seeded
-    generator, so the files are byte-identical whatever the number of workers.
+    one is built in a temporary sibling folder and renamed into place at the end. Concurrent callers
+    (the jobs of a sweep run at once) take a file lock: one generates, the others wait and reuse it.
+    ``workers`` > 1 generates patients in that many (spawned) processes; every patient draws from its
+    own seeded generator, so the files are byte-identical whatever the number of workers.
     """
-    import pandas as pd
+    from filelock import FileLock
 
     spec = spec or SyntheticSpec()
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"
     if manifest.exists():
         return manifest
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir.with_name(f".{out_dir.name}.lock"))):
+        if manifest.exists():  # another job generated it while this one waited
+            return manifest
+        return _generate(out_dir, spec, log, workers)
+
+
+def _generate(out_dir: Path, spec: SyntheticSpec, log, workers: int) -> Path:
+    import pandas as pd
+
+    manifest = out_dir / "manifest.csv"
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
@@ -235,10 +247,9 @@ def generate_cohort(out_dir: str | os.PathLike, spec: SyntheticSpec | None = Non
     jobs = [(spec, tmp, i, int(g)) for i, g in enumerate(grades)]
     workers = min(int(workers), len(jobs))
     if workers > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from src.utils.pool import process_pool
 
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        with process_pool(workers) as pool:
             rows = list(pool.map(_write_patient, jobs, chunksize=1))
     else:
         rows = []

@@ -37,6 +37,18 @@ def child_argv(argv: list[str]) -> list[str]:
             f"hydra.run.dir={job}", "hydra.output_subdir=null", f"hydra.job.name=rank{rank}"]
 
 
+def check_launcher(cfg, hydra_cfg) -> None:
+    """A parallel launcher (hydra/launcher=joblib) runs each job in a pool worker, whose command line
+    Lightning's DDP launcher cannot re-run for the other ranks: refuse DDP there, in one line."""
+    from src.errors import InputError
+
+    launcher = str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
+    strategy = str(cfg.get("trainer", {}).get("strategy", ""))
+    if "joblib" in launcher.lower() and "ddp" in strategy:
+        raise InputError(f"trainer strategy '{strategy}' cannot run under hydra/launcher=joblib (jobs in "
+                         "parallel on one device); use the default launcher for multi-GPU jobs")
+
+
 def stop_ddp_children(trainer) -> None:
     """Kill the DDP child processes this process launched (after a failure on rank 0)."""
     for proc in getattr(getattr(trainer.strategy, "launcher", None), "procs", []) or []:
