@@ -5,9 +5,11 @@
 #   GPU_BENCH_DRY=1 bash scripts/gpu_bench.sh    # dry run on CPU with tiny sizes (proves the script)
 #
 # Stages: 0 environment (wheels from .whl/ if present, versions, GPU) -> 1 cohort generation (parallel)
-# -> 2 preprocessing of 3 phases x strong/weak into the cache (parallel) -> 3 the six jobs, one process
-# each, timed, with a throughput callback (samples/s, fraction of step time waiting for data)
-# -> 4 python -m src.bench -> 5 summary table. Logs, per-job outputs and JSON go to $OUT/gpu_bench
+# -> 2 preprocessing of 3 phases x strong/weak into the cache (parallel) -> 3 the six jobs, timed, with a
+# throughput callback (samples/s, share of training time fetching batches) and nvidia-smi sampling:
+# GPU_BENCH_MODE=concurrent (default) runs them at once as one multirun (experiment=gpu_sweep),
+# sequential one process after the other -> 4 scripts/step_profile.py (anatomy of a step, concurrency
+# scaling) -> 5 python -m src.bench (framework vs bare loop) -> 6 summary table. Logs, per-job outputs and JSON go to $OUT/gpu_bench
 # when OUT is set (else outputs/gpu_bench/<time>). Data and cache go to $GPU_BENCH_WORK (default: under
 # the log folder's parent, reused by a rerun). Environment knobs: GPU_BENCH_WORKERS (CPU processes for
 # generation/preprocessing; default: all CPUs), GPU_BENCH_EPOCHS (default 50), GPU_BENCH_JOBS (default
@@ -25,6 +27,9 @@ WORK=${GPU_BENCH_WORK:-$(dirname "$LOG")/gpu_bench_work}
 mkdir -p "$WORK"
 WORKERS=${GPU_BENCH_WORKERS:-$(nproc)}
 JOBS=${GPU_BENCH_JOBS:-"UP:strong UP:weak CMP:strong CMP:weak NP:strong NP:weak"}
+MODE=${GPU_BENCH_MODE:-concurrent}
+STAGES=${GPU_BENCH_STAGES:-"prepare sweep profile bench"}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
 export WANDB_MODE=offline WANDB_SILENT=true PYTHONUNBUFFERED=1
 
 stage() { echo "== [$(date +%T)] $*" | tee -a "$LOG/stages.log"; }
@@ -77,51 +82,109 @@ if [ "$DRY" != "1" ]; then
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG/environment.txt"
 fi
 
-stage "1+2 cohort generation and preprocessing (${WORKERS} processes)"
-$PY -m src.bench --prepare "${COMMON[@]}" 2>&1 | tee "$LOG/prepare.log" | grep -E "^(cohort|preprocess|check|\{)"
+if has prepare; then
+  stage "1+2 cohort generation and preprocessing (${WORKERS} processes)"
+  T0=$(now_ms)
+  $PY -m src.bench --prepare "${COMMON[@]}" 2>&1 | tee "$LOG/prepare.log" | grep -E "^(cohort|preprocess|check|\{)"
+  echo "{\"prepare_s\": $(secs "$T0")}" > "$LOG/prepare.json"
+fi
 
-stage "3 sweep: ${JOBS} (${EPOCHS} epochs each)"
 SWEEP="$LOG/sweep"
-mkdir -p "$SWEEP"
-i=0
-SWEEP_T0=$(now_ms)
-for job in $JOBS; do
-  phase=${job%%:*}; sup=${job##*:}
-  dir="$SWEEP/${i}_${phase}_${sup}"
-  stage "3 job $i: $phase/$sup -> $dir"
-  t0=$(now_ms)
-  $PY -m src.train "phase=$phase" "supervision=$sup" "${COMMON[@]}" "hydra.run.dir=$dir" \
-    "+callbacks.throughput._target_=src.bench.throughput_monitor" "+callbacks.throughput.output_dir=$dir" \
-    > "$dir.log" 2>&1 || { echo "job $phase/$sup failed; last lines:"; tail -n 30 "$dir.log"; exit 1; }
-  echo "{\"job\": \"${phase}_${sup}\", \"wall_s\": $(secs "$t0")}" > "$dir/wall.json"
-  grep -E "^throughput:" "$dir.log" | tail -n 1 || true
-  i=$((i + 1))
-done
-SWEEP_S=$(secs "$SWEEP_T0")
-stage "3 sweep done in ${SWEEP_S} s; report"
-$PY -m src.report "$SWEEP" > "$LOG/report.log" 2>&1 || echo "report failed (see $LOG/report.log)"
+SWEEP_S=0
+if has sweep; then
+  stage "3 sweep ($MODE): ${JOBS} (${EPOCHS} epochs each)"
+  mkdir -p "$SWEEP"
+  SMI_PID=""
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
+      > "$LOG/gpu_util.csv" 2>/dev/null & SMI_PID=$!
+  fi
+  TP=("+callbacks.throughput._target_=src.bench.throughput_monitor" "+callbacks.throughput.output_dir=\${paths.output_dir}")
+  SWEEP_T0=$(now_ms)
+  if [ "$MODE" = "concurrent" ]; then
+    phases=$(for j in $JOBS; do echo "${j%%:*}"; done | awk '!s[$0]++' | paste -sd, -)
+    sups=$(for j in $JOBS; do echo "${j##*:}"; done | awk '!s[$0]++' | paste -sd, -)
+    n=$(echo $JOBS | wc -w)
+    CONC=(experiment=gpu_sweep "data.concurrent_jobs=$n")
+    [ "$DRY" = "1" ] && CONC=(hydra/launcher=joblib "hydra.launcher.n_jobs=$n" "data.concurrent_jobs=$n")
+    # the multirun's own folder layout: <n>_<phase>_<supervision>
+    $PY -m src.train -m "phase=$phases" "supervision=$sups" "${COMMON[@]}" "${CONC[@]}" "${TP[@]}" \
+      "hydra.sweep.dir=$SWEEP" > "$LOG/sweep.log" 2>&1 || { echo "sweep failed; last lines:"; tail -n 40 "$LOG/sweep.log"; }
+    for d in "$SWEEP"/*_*_*/; do
+      [ -f "$d/train.log" ] || continue
+      # per job: first and last line of its own log (start of the job -> its end)
+      "$PY" - "$d" <<'PYEOF'
+import json, sys, datetime as dt
+from pathlib import Path
+d = Path(sys.argv[1]); lines = [l for l in (d / "train.log").read_text().splitlines() if l.startswith("[")]
+t = [dt.datetime.strptime(l[1:24], "%Y-%m-%d %H:%M:%S,%f") for l in (lines[0], lines[-1])]
+(d / "wall.json").write_text(json.dumps({"job": d.name, "wall_s": (t[1] - t[0]).total_seconds(), "from": "train.log"}))
+PYEOF
+    done
+  else
+    i=0
+    for job in $JOBS; do
+      phase=${job%%:*}; sup=${job##*:}
+      dir="$SWEEP/${i}_${phase}_${sup}"
+      stage "3 job $i: $phase/$sup -> $dir"
+      t0=$(now_ms)
+      $PY -m src.train "phase=$phase" "supervision=$sup" "${COMMON[@]}" "${TP[@]}" "hydra.run.dir=$dir" \
+        > "$dir.log" 2>&1 || { echo "job $phase/$sup failed; last lines:"; tail -n 30 "$dir.log"; exit 1; }
+      echo "{\"job\": \"${phase}_${sup}\", \"wall_s\": $(secs "$t0")}" > "$dir/wall.json"
+      grep -E "^throughput:" "$dir.log" | tail -n 1 || true
+      i=$((i + 1))
+    done
+    $PY -m src.report "$SWEEP" > "$LOG/report.log" 2>&1 || echo "report failed (see $LOG/report.log)"
+  fi
+  SWEEP_S=$(secs "$SWEEP_T0")
+  [ -n "$SMI_PID" ] && kill "$SMI_PID" 2>/dev/null || true
+  stage "3 sweep done in ${SWEEP_S} s"
+fi
 
-stage "4 python -m src.bench"
-$PY -m src.bench "${COMMON[@]}" "${BENCH[@]}" "bench.out=$LOG/bench.json" > "$LOG/bench.log" 2>&1 \
-  || { echo "src.bench failed; last lines:"; tail -n 30 "$LOG/bench.log"; exit 1; }
-sed -n '/^machine /,$p' "$LOG/bench.log"
+if has profile; then
+  stage "4 scripts/step_profile.py"
+  PROF=(--procs "${GPU_BENCH_PROCS:-1,6}" --out "$LOG/step_profile.json")
+  [ "$DRY" = "1" ] && PROF=(--dry --procs 1,2 --out "$LOG/step_profile.json")
+  $PY scripts/step_profile.py "${PROF[@]}" 2>&1 | tee "$LOG/step_profile.log" | grep -vi warn || echo "step profile failed"
+fi
 
-stage "5 summary"
-$PY - "$SWEEP" "$SWEEP_S" <<'EOF' 2>&1 | tee "$LOG/summary.md"
+if has bench; then
+  stage "5 python -m src.bench"
+  $PY -m src.bench "${COMMON[@]}" "${BENCH[@]}" "bench.out=$LOG/bench.json" > "$LOG/bench.log" 2>&1 \
+    || { echo "src.bench failed; last lines:"; tail -n 30 "$LOG/bench.log"; }
+  sed -n '/^machine /,$p' "$LOG/bench.log"
+fi
+
+stage "6 summary"
+$PY - "$SWEEP" "$SWEEP_S" "$MODE" <<'EOF' 2>&1 | tee "$LOG/summary.md"
 import json, sys
 from pathlib import Path
-sweep, total = Path(sys.argv[1]), float(sys.argv[2])
+sweep, total, mode = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+log = sweep.parent
 rows = []
-print("| job | wall s | train samples/s | data wait % | epochs | test AUC |")
+print(f"| job ({mode}) | wall s | train samples/s | fetch % of train time | epochs | test AUC |")
 print("|---|---|---|---|---|---|")
-for d in sorted(p for p in sweep.iterdir() if (p / "wall.json").exists()):
-    wall = json.loads((d / "wall.json").read_text()) if (d / "wall.json").exists() else {}
+for d in sorted(p for p in sweep.iterdir() if (p / "wall.json").exists()) if sweep.is_dir() else []:
+    wall = json.loads((d / "wall.json").read_text())
     tp = json.loads((d / "throughput.json").read_text()) if (d / "throughput.json").exists() else {}
     met = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
     rows.append({"job": d.name, **wall, **{k: v for k, v in tp.items() if k != "epoch_s"}, "test_auc": met.get("test_auc")})
     print(f"| {d.name} | {wall.get('wall_s', float('nan')):.1f} | {tp.get('samples_per_s', float('nan')):.0f} | "
           f"{100 * tp.get('data_wait_fraction', float('nan')):.1f} | {tp.get('epochs')} | {met.get('test_auc')} |")
-print(f"\nsweep wall time: {total:.1f} s ({total / 60:.2f} min)")
-(sweep.parent / "summary.json").write_text(json.dumps({"sweep_s": total, "jobs": rows}, indent=2))
+out = {"mode": mode, "sweep_s": total, "jobs": rows}
+if (log / "prepare.json").exists():
+    out.update(json.loads((log / "prepare.json").read_text()))
+    print(f"\ncohort generation + preprocessing (all CPUs): {out['prepare_s']:.1f} s")
+print(f"sweep wall time: {total:.1f} s ({total / 60:.2f} min)")
+util = log / "gpu_util.csv"
+if util.exists() and util.stat().st_size:
+    vals = [[float(v) for v in ln.split(",")[1:3]] for ln in util.read_text().splitlines() if ln.count(",") >= 2]
+    busy = [u for u, _ in vals]
+    if busy:
+        out["gpu_util_mean"] = sum(busy) / len(busy)
+        out["gpu_mem_max_mib"] = max(m for _, m in vals)
+        print(f"GPU utilisation during the sweep (nvidia-smi, every 0.5 s): mean {out['gpu_util_mean']:.0f} %, "
+              f"memory max {out['gpu_mem_max_mib']:.0f} MiB")
+(log / "summary.json").write_text(json.dumps(out, indent=2))
 EOF
 stage "done: $LOG"

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
 
@@ -39,6 +39,9 @@ class GradeModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.train_metrics = _metrics("train_")
+        # mean training loss of the epoch: a metric updated on the device and logged once per epoch (a
+        # per-step self.log costs ~1 ms of host time, which a launch-bound GPU step cannot hide)
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_metrics = _metrics("val_")
         self.eval_outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self._memory_format: torch.memory_format | None = None
@@ -107,12 +110,14 @@ class GradeModule(L.LightningModule):
         logits, loss = self._step(batch)
         self._check_finite(loss, batch_idx)
         self.train_metrics.update(logits.softmax(-1)[:, 1].detach(), batch["label"])
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        self.train_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), len(logits)))  # no host copy
         return loss
 
     def on_train_epoch_end(self):
+        self.log("train_loss", self.train_loss.compute(), prog_bar=True, sync_dist=False)
         self.log_dict(self.train_metrics.compute(), sync_dist=False)
         self.train_metrics.reset()
+        self.train_loss.reset()
 
     def validation_step(self, batch, batch_idx):
         logits, loss = self._step(batch)

@@ -1,0 +1,191 @@
+"""Anatomy of one training step on this device: where a ResNet-18 step's time goes at batch 16.
+
+    python scripts/step_profile.py                      # GPU: both networks, all variants, concurrency 1/3/6
+    python scripts/step_profile.py --dry                # CPU, tiny inputs: proves the script
+    python scripts/step_profile.py --procs 1,2,4,6 --seconds 8 --out step_profile.json
+
+The networks and the batch size come from the project's configs (conf/model/resnet18_{3d,2d}.yaml,
+conf/data/default.yaml); inputs are random tensors on the device (paper sizes: 32^3 ROIs, 256^2
+slices), so no data preparation is needed. For each network it times a plain PyTorch loop (forward,
+cross-entropy, backward, AdamW) in these variants:
+
+  fp32           eager, float32
+  bf16           autocast bf16 (+ channels-last for 2D): the framework's GPU setting
+  bf16+sync      bf16 with loss.item() every step (what a per-step host check costs)
+  bf16+determ    bf16 with torch.use_deterministic_algorithms(warn_only) and cuDNN benchmark off
+  bf16+fused     bf16 with AdamW(fused=True)
+  bf16+graph     bf16 with the whole step captured in one CUDA graph (no launch overhead: ~the GPU's
+                 own time per step, a lower bound)
+
+then runs K copies of the bf16 loop as K processes at once (--procs) and reports their summed
+samples/s: how far one GPU scales when it runs the jobs of a sweep concurrently. Prints a table and
+writes JSON (--out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build(kind: str, dry: bool):
+    """(net factory, input shape, batch size) from the project's configs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"supervision={kind}"] + (["experiment=smoke"] if dry else []))
+    GlobalHydra.instance().clear()
+    size = list(cfg.preprocess.roi_size if kind == "strong" else cfg.preprocess.slice_size)
+    return (lambda: instantiate(cfg.model.net)), (int(cfg.data.batch_size), 1, *size)
+
+
+def make_step(net, opt, x, y, amp: bool, device):
+    import torch
+    import torch.nn.functional as F
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def time_variant(kind: str, variant: str, steps: int, warmup: int, dry: bool) -> dict:
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not dry else "cpu")
+    factory, shape = build(kind, dry)
+    torch.manual_seed(0)
+    det = variant == "bf16+determ"
+    torch.use_deterministic_algorithms(det, warn_only=True)
+    torch.backends.cudnn.benchmark = not det
+    net = factory().to(device)
+    amp = variant != "fp32" and device.type == "cuda"
+    x = torch.randn(*shape, device=device)
+    if amp and len(shape) == 4:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (shape[0],), device=device)
+    graph = variant == "bf16+graph"
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4, fused=variant == "bf16+fused" or None,
+                            capturable=graph)
+    step = make_step(net, opt, x, y, amp, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if graph:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(max(3, warmup)):
+                step()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(g):
+            step()
+        run = g.replay
+    else:
+        run = step
+    for _ in range(warmup):
+        run()
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        loss = run()
+        if variant == "bf16+sync":
+            loss.item()
+    sync()
+    dt = (time.perf_counter() - t) / steps
+    torch.use_deterministic_algorithms(False)
+    return {"net": kind, "variant": variant, "device": device.type, "batch": shape[0], "input": list(shape[1:]),
+            "ms_per_step": 1e3 * dt, "samples_per_s": shape[0] / dt}
+
+
+def _worker(kind, seconds, dry, barrier, queue):
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not dry else "cpu")
+    torch.set_num_threads(1)
+    torch.backends.cudnn.benchmark = True
+    factory, shape = build(kind, dry)
+    net = factory().to(device)
+    amp = device.type == "cuda"
+    x = torch.randn(*shape, device=device)
+    if amp and len(shape) == 4:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (shape[0],), device=device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    step = make_step(net, opt, x, y, amp, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(20):
+        step()
+    sync()
+    barrier.wait()
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        for _ in range(10):
+            step()
+        n += 10
+    sync()
+    queue.put(n * shape[0] / (time.perf_counter() - t))
+
+
+def concurrent(kind: str, k: int, seconds: float, dry: bool) -> dict:
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(k), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(kind, seconds, dry, barrier, queue)) for _ in range(k)]
+    for p in procs:
+        p.start()
+    rates = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return {"net": kind, "variant": f"bf16 x {k} processes", "procs": k, "samples_per_s": sum(rates),
+            "per_process_samples_per_s": sum(rates) / k}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--procs", default="1,3,6", help="concurrent processes to try (comma list; empty: skip)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per concurrency run")
+    ap.add_argument("--nets", default="strong,weak")
+    ap.add_argument("--dry", action="store_true", help="CPU, tiny inputs, few steps")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    import torch
+
+    cuda = torch.cuda.is_available() and not a.dry
+    if a.dry:
+        a.steps, a.warmup, a.seconds = 3, 1, 1.0
+    variants = ["fp32", "bf16", "bf16+sync", "bf16+determ", "bf16+fused", "bf16+graph"] if cuda else ["fp32"]
+    rows = []
+    print(f"device: {torch.cuda.get_device_name(0) if cuda else 'cpu'}, torch {torch.__version__}", flush=True)
+    for kind in a.nets.split(","):
+        for v in variants:
+            r = time_variant(kind, v, a.steps, a.warmup, a.dry)
+            rows.append(r)
+            print(f"{kind:6s} {v:22s} {r['ms_per_step']:8.2f} ms/step {r['samples_per_s']:9.0f} samples/s", flush=True)
+        for k in [int(s) for s in a.procs.split(",") if s.strip()]:
+            r = concurrent(kind, k, a.seconds, a.dry)
+            rows.append(r)
+            print(f"{kind:6s} {r['variant']:22s} {'':8s}         {r['samples_per_s']:9.0f} samples/s "
+                  f"({r['per_process_samples_per_s']:.0f} per process)", flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
