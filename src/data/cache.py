@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 2  # 2: folder of .npy files (memory-mapped); 1 was one .npz per entry
+# 3: strong ROIs of volumes stored with permuted axes (KiTS: slice axis first) fixed, context now per stored axis;
+# 2: folder of .npy files (memory-mapped); 1 was one .npz per entry
+CACHE_VERSION = 3
 
 
 def fingerprint(path: str | os.PathLike) -> list:

@@ -239,13 +239,13 @@ class GradeDataModule(L.LightningDataModule):
         return make_key(fingerprint(case.image), fingerprint(case.mask), self.phase, self._params())
 
     def _preprocess(self, case: Case) -> dict[str, np.ndarray]:
-        from src.data.io import read_image, to_metatensor
+        from src.data.io import read_image
         from src.data.preprocess import preprocess_strong, preprocess_weak
 
         # geometry and finiteness were checked by src/data/validate.py before any case gets here
         # (prepare_data -> validate_datamodule_cohort; src.predict -> check_pair)
-        img_s, msk_s = read_image(case.image, case.patient_id), read_image(case.mask, case.patient_id)
-        image, mask = to_metatensor(img_s), to_metatensor(msk_s, dtype=np.float32)
+        # SimpleITK images go in as read: preprocessing crops them to what the case needs before any copy
+        image, mask = read_image(case.image, case.patient_id), read_image(case.mask, case.patient_id)
         try:
             if self.supervision == "strong":
                 return preprocess_strong(image, mask, size=self.pp.get("roi_size", (32, 32, 32)),

@@ -136,16 +136,28 @@ def sitk_affine_ras(img: sitk.Image) -> np.ndarray:
     return _LPS_TO_RAS @ affine
 
 
-def to_metatensor(img: sitk.Image, dtype=np.float32):
-    """SimpleITK image -> MONAI MetaTensor of shape (1, X, Y, Z) with a RAS affine."""
+def to_metatensor(img: sitk.Image, dtype=np.float32, box=None):
+    """SimpleITK image -> MONAI MetaTensor of shape (1, X, Y, Z) with a RAS affine.
+
+    ``box`` = (lo, hi): voxel index bounds in (x, y, z) order, half-open; only that block is converted
+    (the array is cropped before the copy/cast) and the affine's origin moves to voxel ``lo``, as
+    MONAI's ``SpatialCrop`` does.
+    """
     import torch
     from monai.data import MetaTensor
 
     if img.GetDimension() != 3:
         raise ValueError(f"expected a 3D image, got {img.GetDimension()}D")
     arr = sitk.GetArrayViewFromImage(img)  # (z, y, x)
+    affine = sitk_affine_ras(img)
+    if box is not None:
+        lo, hi = (np.asarray(b, dtype=int) for b in box)
+        arr = arr[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+        shift = np.eye(4)
+        shift[:3, 3] = lo
+        affine = affine @ shift
     arr = np.ascontiguousarray(np.transpose(arr, (2, 1, 0)), dtype=dtype)
-    return MetaTensor(torch.from_numpy(arr)[None], affine=torch.as_tensor(sitk_affine_ras(img)))
+    return MetaTensor(torch.from_numpy(arr)[None], affine=torch.as_tensor(affine))
 
 
 def write_image(arr_xyz: np.ndarray, path: str | os.PathLike, spacing, origin=(0.0, 0.0, 0.0),

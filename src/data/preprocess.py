@@ -1,7 +1,7 @@
 """Preprocessing as MONAI dictionary transforms (keys ``image`` and ``mask``), read as the paper's methods.
 
 strong (3D ROI, one sample per patient and rotation angle):
-    Orientationd(RAS) -> CropForegroundd(tumour box + context) -> Spacingd(1 mm, cubic spline)
+    crop (tumour box + context) -> Orientationd(RAS) -> AxisAlignedSpacingd(1 mm, cubic spline)
     -> RoiViewsd(rotate about the axial axis + crop the tumour cube + resize to 32^3, one cubic-spline
     resampling) -> NormalizeIntensityd (z-score over the ROI)
 weak (2D, every axial slice that contains tumour):
@@ -10,6 +10,13 @@ weak (2D, every axial slice that contains tumour):
 
 All interpolation of intensities in the strong path is a cubic B-spline (integer ``mode=3`` selects
 MONAI's scipy backend), as in the paper ("resized 32x32x32 pixels using cubic spline interpolation").
+
+Cost (paper scale, 512 x 512 x 40): only the voxels a case needs are converted to float32 and
+reoriented. ``preprocess_strong``/``preprocess_weak`` accept SimpleITK images (as read by
+``src.data.io.read_image``) as well as MetaTensors; the tumour box is found on the stored mask and
+the volume is cropped *before* any copy (strong: tumour box + context, per stored axis; weak: the
+range of lesion slices). The 1 mm resampling is separable (axis-aligned grid, see
+:class:`AxisAlignedSpacingd`) and gives MONAI ``Spacingd``'s values to float32 rounding.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -27,6 +35,7 @@ from monai.transforms import (
     Orientationd,
     Resized,
     Spacingd,
+    SpatialCrop,
 )
 
 KEYS = ("image", "mask")
@@ -64,15 +73,135 @@ def _margin_voxels(spacing: Sequence[float], margin_mm: Sequence[float]) -> list
     return [math.ceil(m / float(s)) for s, m in zip(spacing, margin_mm)]
 
 
-def roi_transforms(spacing: Sequence[float], context_mm: Sequence[float], target_spacing=(1.0, 1.0, 1.0),
+# ------------------------------------------------------------------------------ input geometry and crop
+def _is_sitk(x) -> bool:
+    return type(x).__module__.startswith("SimpleITK")
+
+
+def _geometry(image) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(4x4 voxel->RAS affine, float64; spatial shape (X, Y, Z)) of a SimpleITK image or a (1, X, Y, Z) MetaTensor."""
+    if _is_sitk(image):
+        from src.data.io import sitk_affine_ras
+
+        return sitk_affine_ras(image), tuple(int(v) for v in image.GetSize())
+    return np.asarray(torch.as_tensor(image.affine), dtype=np.float64), tuple(int(v) for v in image.shape[1:])
+
+
+def _tumour_box(mask, label: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive (lo, hi) voxel box, (x, y, z) index order, of the tumour in a stored (not reoriented) mask."""
+    if _is_sitk(mask):
+        import SimpleITK as sitk
+
+        arr = sitk.GetArrayViewFromImage(mask)  # (z, y, x), no copy
+        t = (arr > 0) if label is None else (arr == label)
+        proj = [t.any(axis=(0, 1)), t.any(axis=(0, 2)), t.any(axis=(1, 2))]  # x, y, z
+    else:
+        t = tumour_mask(mask.as_tensor() if hasattr(mask, "as_tensor") else torch.as_tensor(mask), label)[0]
+        proj = [t.any(dim=2).any(dim=1).numpy(), t.any(dim=2).any(dim=0).numpy(), t.any(dim=1).any(dim=0).numpy()]
+    if not proj[0].any():
+        raise ValueError("empty tumour mask")
+    lo = np.array([int(np.argmax(p)) for p in proj])
+    hi = np.array([len(p) - 1 - int(np.argmax(p[::-1])) for p in proj])
+    return lo, hi
+
+
+def _crop(x, start, end) -> MetaTensor:
+    """Voxels [start, end) ((x, y, z), stored axes) of a SimpleITK image or MetaTensor, as a float32 MetaTensor
+    with the affine of the block; a SimpleITK image is cropped before it is copied/cast."""
+    if _is_sitk(x):
+        from src.data.io import to_metatensor
+
+        return to_metatensor(x, np.float32, box=(start, end))
+    return SpatialCrop(roi_start=[int(v) for v in start], roi_end=[int(v) for v in end])(x)
+
+
+class AxisAlignedSpacingd(MapTransform):
+    """``Spacingd`` for the strong path, computed separably: same output grid, affine and values.
+
+    The output grid of ``Spacingd`` (from MONAI itself, ``lazy=True``: geometry only) maps to input
+    voxel coordinates by ``inv(src_affine) @ dst_affine``, which is diagonal when only the voxel size
+    changes (any direction matrix). On such a grid a cubic B-spline is a tensor product: the scipy
+    prefilter (same padding as ``map_coordinates(mode="nearest")``: 12 edge voxels, then
+    ``spline_filter(mode="nearest")``) followed by 4 taps per output voxel along each axis in turn,
+    instead of 64 taps per output voxel in ``map_coordinates``; ``"nearest"`` is an index pick per axis
+    (round half to even, clamped = padding ``border``). Measured against ``Spacingd`` (float64
+    computation, float32 output): identical float32 values on 12 paper-scale synthetic cases, max abs
+    difference < 1e-4 on data of scale ~50 in the tests; masks and affines identical
+    (tests/test_preprocess.py). Anything else (non-diagonal map, other modes) falls back to ``Spacingd``.
+    """
+
+    def __init__(self, keys: KeysCollection, pixdim, mode=(3, "nearest"), padding_mode="border"):
+        super().__init__(keys)
+        self.modes = dict(zip(self.keys, mode if isinstance(mode, (tuple, list)) else [mode] * len(self.keys)))
+        self.padding_mode = padding_mode
+        self.spacingd = Spacingd(keys=keys, pixdim=tuple(pixdim), mode=mode, padding_mode=padding_mode)
+        self.lazy_spacingd = Spacingd(keys=keys, pixdim=tuple(pixdim), mode=mode, padding_mode=padding_mode,
+                                      lazy=True)
+
+    @staticmethod
+    def _cubic(x: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
+        from scipy import ndimage as ndi
+
+        npad = 12  # scipy's _prepad_for_spline_filter for mode="nearest"
+        c = ndi.spline_filter(np.pad(x.astype(np.float64), npad, mode="edge"), 3, output=np.float64, mode="nearest")
+        for ax, co in enumerate(coords):
+            p = co + npad
+            f = np.floor(p)
+            t = p - f
+            w = ((1 - t) ** 3 / 6, (3 * t ** 3 - 6 * t ** 2 + 4) / 6,  # cubic B-spline, taps floor(p) - 1 .. + 2
+                 (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6, t ** 3 / 6)
+            shape = [1] * c.ndim
+            shape[ax] = len(co)
+            out = 0.0
+            for k in range(4):  # 4 taps as gathers (no BLAS: no thread pool spinning for a small product)
+                idx = np.clip(f.astype(np.intp) - 1 + k, 0, c.shape[ax] - 1)
+                out = out + np.take(c, idx, axis=ax) * w[k].reshape(shape)
+            c = out
+        return c
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        ok = all(self.modes[k] in (3, "nearest") for k in self.key_iterator(d)) and self.padding_mode == "border"
+        plan = {}
+        if ok:
+            pending = self.lazy_spacingd({k: d[k] for k in self.key_iterator(d)})
+            for k in self.key_iterator(d):
+                src = np.asarray(torch.as_tensor(d[k].affine), dtype=np.float64)
+                dst = np.asarray(torch.as_tensor(pending[k].peek_pending_affine()), dtype=np.float64)
+                shape = [int(v) for v in pending[k].peek_pending_shape()]
+                xf = np.linalg.solve(src, dst)
+                if np.abs(xf[:3, :3] - np.diag(np.diag(xf[:3, :3]))).max() > 1e-12 or d[k].shape[0] != 1:
+                    ok = False
+                    break
+                plan[k] = (dst, [xf[i, i] * np.arange(shape[i]) + xf[i, 3] for i in range(3)])
+        if not ok:
+            return self.spacingd(d)
+        for k in self.key_iterator(d):
+            dst, coords = plan[k]
+            x = np.asarray(d[k].as_tensor()[0] if hasattr(d[k], "as_tensor") else d[k][0])
+            if self.modes[k] == 3:
+                out = self._cubic(x, coords)
+            else:
+                idx = [np.clip(np.rint(c), 0, n - 1).astype(int) for c, n in zip(coords, x.shape)]
+                out = x[np.ix_(*idx)]
+            d[k] = MetaTensor(torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))[None],
+                              affine=torch.as_tensor(dst))
+        return d
+
+
+def roi_transforms(spacing: Sequence[float], context_mm: Sequence[float] | None, target_spacing=(1.0, 1.0, 1.0),
                    tumour_label: int | None = None) -> Compose:
-    """Strong pipeline, common part: RAS, crop the tumour box plus context, resample to 1 mm (cubic)."""
+    """Strong pipeline, common part: RAS, crop the tumour box plus context, resample to 1 mm (cubic).
+
+    ``context_mm=None``: no crop here (``preprocess_strong`` crops the stored volume before this).
+    """
+    crop = [] if context_mm is None else [
+        CropForegroundd(keys=KEYS, source_key="mask", margin=_margin_voxels(spacing, context_mm), allow_smaller=True)]
     return Compose([
         BinarizeMaskd("mask", label=tumour_label),
         Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
-        CropForegroundd(keys=KEYS, source_key="mask", margin=_margin_voxels(spacing, context_mm),
-                        allow_smaller=True),
-        Spacingd(keys=KEYS, pixdim=tuple(target_spacing), mode=(3, "nearest"), padding_mode="border"),
+        *crop,
+        AxisAlignedSpacingd(keys=KEYS, pixdim=tuple(target_spacing), mode=(3, "nearest"), padding_mode="border"),
     ])
 
 
@@ -115,9 +244,15 @@ class RoiViewsd(MapTransform):
         from scipy import ndimage as ndi
 
         d = dict(data)
-        pts = np.argwhere(np.asarray(d[self.mask_key][0]) > 0.5).astype(np.float64)
-        if len(pts) == 0:
+        m = np.asarray(d[self.mask_key][0]) > 0.5
+        xy = np.argwhere(m.any(axis=2))
+        if len(xy) == 0:
             raise ValueError("empty tumour mask")
+        z = np.flatnonzero(m.any(axis=(0, 1)))
+        # a view depends on the tumour voxels only through their box after an in-plane rotation: the
+        # rotated (x, y) depend on the occupied (x, y) columns only, z on the z range; so those points
+        # (one per column, plus the last z) give the same views as every voxel, at a fraction of the cost
+        pts = np.concatenate([np.column_stack([xy, np.full(len(xy), z[0])]), [[*xy[0], z[-1]]]]).astype(np.float64)
         coords = [self.coordinates(pts, a) for a in self.angles]
         for k in self.key_iterator(d):
             x = np.asarray(d[k][0], dtype=np.float64)
@@ -178,17 +313,23 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
                       target_spacing=(1.0, 1.0, 1.0)) -> dict[str, np.ndarray]:
     """ROIs of one case: ``rois`` (1 + len(angles), D, H, W) float32, the unrotated view first.
 
-    The context kept around the tumour before resampling is what the largest rotated cube needs
-    (half its diagonal in the axial plane), so rotations never pull in padding.
+    ``image``/``mask``: (1, X, Y, Z) MetaTensors or SimpleITK images. The context kept around the
+    tumour before resampling is what the largest rotated cube needs (half its diagonal in the axial
+    plane), so rotations never pull in padding. The tumour box plus that context (clipped to the
+    volume) is cut from the stored volume, per stored axis, before it is converted or reoriented.
     """
-    spacing = [float(v) for v in torch.linalg.norm(torch.as_tensor(image.affine)[:3, :3], dim=0)]
-    lo, hi = _bbox(tumour_mask(mask, tumour_label))
-    extent = (hi - lo + 1) * np.asarray(spacing)  # mm per axis (image axes; RAS reorientation permutes at most)
+    affine, shape = _geometry(image)
+    spacing = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
+    lo, hi = _tumour_box(mask, tumour_label)
+    extent = (hi - lo + 1) * np.asarray(spacing)  # mm per stored axis
     side_mm = float(extent.max()) + 2 * margin_mm
     slack = 2 * max(spacing)
     # half the rotated cube's diagonal beyond the tumour box (a superset of what any view needs)
     context_mm = [side_mm * math.sqrt(2) / 2 - float(e) / 2 + slack for e in extent]
-    base = roi_transforms(spacing, context_mm, target_spacing, tumour_label)({"image": image, "mask": mask})
+    margin = np.asarray(_margin_voxels(spacing, context_mm))
+    start, end = np.maximum(lo - margin, 0), np.minimum(hi + 1 + margin, np.asarray(shape))
+    base = roi_transforms(spacing, None, target_spacing, tumour_label)(
+        {"image": _crop(image, start, end), "mask": _crop(mask, start, end)})
     margin_vox = round(margin_mm / float(target_spacing[0]))
     all_angles = (0.0, *[float(a) for a in angles if float(a) != 0.0])
     views = roi_view_transforms(size, margin_vox, cube, all_angles)(base)
@@ -197,14 +338,28 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
 
 def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = None,
                     min_voxels: int = 1) -> dict[str, np.ndarray]:
-    """Lesion slices of one case: ``slices`` (n, H, W) float16, ``masks`` packed bits, ``slice_index``."""
-    if not bool(tumour_mask(torch.as_tensor(mask), tumour_label).any()):
-        raise ValueError("empty tumour mask")
-    d = slice_transforms(size, tumour_label, min_voxels)({"image": image, "mask": mask})
+    """Lesion slices of one case: ``slices`` (n, H, W) float16, ``masks`` packed bits, ``slice_index``.
+
+    ``image``/``mask``: (1, X, Y, Z) MetaTensors or SimpleITK images. Only the range of stored slices
+    (along the axis that becomes superior) that contains tumour is converted and reoriented;
+    ``slice_index`` is the z index in the whole RAS-oriented volume, as before.
+    """
+    import nibabel as nib
+
+    affine, shape = _geometry(image)
+    lo, hi = _tumour_box(mask, tumour_label)  # raises on an empty mask
+    ornt = nib.orientations.io_orientation(affine)  # what Orientationd uses: stored axis -> (RAS axis, flip)
+    ax = int(np.flatnonzero(ornt[:, 0] == 2)[0])
+    start, end = np.zeros(3, int), np.asarray(shape)
+    if min_voxels >= 1:  # slices without any tumour voxel can never be lesion slices
+        start[ax], end[ax] = lo[ax], hi[ax] + 1
+    offset = int(start[ax]) if ornt[ax, 1] > 0 else int(shape[ax] - end[ax])
+    d = slice_transforms(size, tumour_label, min_voxels)({"image": _crop(image, start, end),
+                                                          "mask": _crop(mask, start, end)})
     img = np.asarray(d["image"], dtype=np.float32)
     msk = np.asarray(d["mask"]) > 0.5
     return {
         "slices": img.astype(np.float16),
         "masks": np.packbits(msk, axis=-1),
-        "slice_index": d["slice_index"],
+        "slice_index": d["slice_index"] + offset,
     }
