@@ -95,6 +95,9 @@ def test_every_problem_is_reported_at_once(cohort, tmp_path):
     assert report.valid_ids == [f"SYN{i:04d}" for i in range(12, 20)]
     msg = str(report.error())
     assert msg.count("\n") == len(lines) and "nothing was trained" in msg.splitlines()[0]
+    # pairs read by 4 threads: the same problems in the same (manifest) order
+    threaded = validate_manifest(root / "manifest.csv", "CMP", workers=4)
+    assert threaded.lines() == lines and threaded.valid_ids == report.valid_ids
 
 
 def test_geometry_checks_and_tolerance():

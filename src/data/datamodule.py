@@ -278,14 +278,15 @@ class GradeDataModule(L.LightningDataModule):
         log.info("preprocessing %s/%s: %d computed, %d from cache", self.phase, self.supervision, done, cached)
 
     def _n_workers(self, shared: bool = False) -> int:
-        """Worker processes: ``workers``, or with ``auto`` all CPUs for work shared by every job of a sweep
-        (the cohort) and ``CPUs // concurrent_jobs`` for a job's own preprocessing."""
+        """Worker processes (and validation threads): ``workers``, or with ``auto`` all CPUs for work shared
+        by every job of a sweep (the cohort) and CPUs / ``concurrent_jobs`` (rounded up: a job's main
+        process waits while its workers run) for a job's own validation and preprocessing."""
         import os
 
         if self.workers != "auto":
             return self.workers
         cpus = os.cpu_count() or 1
-        return cpus if shared else max(1, cpus // self.concurrent_jobs)
+        return cpus if shared else -(-cpus // self.concurrent_jobs)
 
     def _preprocess_all(self, todo: list) -> None:
         """Preprocess ``(case, key)`` pairs into the cache: in this process, or with ``workers`` processes

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,11 +202,13 @@ def _record_key(image: Path, mask: Path, tumour_label, tol: GeometryTolerance) -
 def validate_manifest(manifest: str | Path, phase: str, tumour_label: int | None = None,
                       tol: GeometryTolerance | None = None, is_cached: Callable | None = None,
                       record_dir: str | Path | None = None, split: dict | None = None, seed: int = 0,
-                      exclude: bool = False) -> ValidationReport:
+                      exclude: bool = False, workers: int = 1) -> ValidationReport:
     """Check every row of ``manifest`` for ``phase``; never raises for bad rows (see the report).
 
     ``is_cached(case) -> bool``: the pair is in the preprocessing cache (then only headers are read).
     ``record_dir``: where passing pairs are recorded (skipped entirely next time).
+    ``workers``: threads reading image/mask pairs (decompression and pixel checks release the GIL);
+    problems are reported in manifest order whatever the number.
     The class-presence check uses the rows that pass when ``exclude`` is set, else every row with a
     valid id and grade (the split the training would see either way).
     """
@@ -240,10 +243,13 @@ def validate_manifest(manifest: str | Path, phase: str, tumour_label: int | None
     labels: dict[str, int] = {}
     splits: dict[str, str] = {}
     bad: set[str] = set()
-    checked = 0
+    row_problems: list[list[Problem]] = []  # per row, flattened in manifest order at the end
+    pending: list[tuple] = []  # image/mask pairs to read: (row index, pid, image, mask, cached, record key)
     for row_no, (pid, (_, row)) in enumerate(zip(ids, df.iterrows()), start=2):  # CSV line numbers
-        def add(message, path=str(manifest), pid=pid, row_no=row_no):
-            report.problems.append(Problem(pid or f"(row {row_no})", path, message))
+        row_problems.append([])
+
+        def add(message, path=str(manifest), pid=pid, row_no=row_no, into=row_problems[-1]):
+            into.append(Problem(pid or f"(row {row_no})", path, message))
             bad.add(pid)
 
         if not pid:
@@ -281,14 +287,23 @@ def validate_manifest(manifest: str | Path, phase: str, tumour_label: int | None
                 cached = bool(is_cached(Case(pid, grade, image, mask)))
             except Exception:  # a cache lookup must never hide a validation problem
                 cached = False
-        pair = check_pair(image, mask, pid, tumour_label, tol, read_pixels=not cached)
-        checked += 1
-        if checked % 25 == 0:
-            log.info("validation: %d of %d rows read", checked, len(df))
-        for p in pair:
-            add(p.message, p.path)
-        if not pair and key is not None:
-            _touch(record_dir / f"{key}.ok")
+        pending.append((len(row_problems) - 1, pid, image, mask, cached, key))
+
+    def read(item):
+        _, pid, image, mask, cached, _ = item
+        return check_pair(image, mask, pid, tumour_label, tol, read_pixels=not cached)
+
+    with ThreadPoolExecutor(max(1, int(workers))) as pool:
+        for checked, (item, pair) in enumerate(zip(pending, pool.map(read, pending)), start=1):
+            if checked % 25 == 0:
+                log.info("validation: %d of %d rows read", checked, len(df))
+            i, pid, _, _, _, key = item
+            row_problems[i] += pair
+            if pair:
+                bad.add(pid)
+            elif key is not None:
+                _touch(record_dir / f"{key}.ok")
+    report.problems += [p for probs in row_problems for p in probs]
     keep = [p for p in dict.fromkeys(ids) if p and p in labels and (p not in bad or not exclude)]
     report.valid_ids = [p for p in dict.fromkeys(ids) if p and p not in bad]
     report.cohort_problems += _class_problems(keep, labels, splits, split or {}, seed, manifest)
@@ -371,7 +386,7 @@ def validate_datamodule_cohort(dm, source: str | Path) -> Path:
 
     report = validate_manifest(source, dm.phase, dm.tumour_label, tol, is_cached=is_cached,
                                record_dir=cache_root / "validation", split=dm.split_cfg, seed=dm.seed,
-                               exclude=on_invalid == "exclude")
+                               exclude=on_invalid == "exclude", workers=max(1, getattr(dm, "_n_workers", lambda: 1)()))
     if report.cohort_problems or (report.problems and on_invalid == "raise"):
         hint = "" if report.cohort_problems else " (fix them, or set data.on_invalid=exclude to drop these patients)"
         raise report.error(hint)
