@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
-        print(CONF.read_text())
+        print(CONF.read_text(encoding="utf-8"))
         return 0
     opts = OmegaConf.merge(OmegaConf.load(CONF), OmegaConf.from_dotlist(args))
     try:

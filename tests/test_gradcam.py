@@ -229,7 +229,7 @@ def test_report_has_cam_column_and_figure6_panel(tmp_path):
     metrics.update({"test_cam_in_tumour": 0.31, "test_cam_pointing": 0.5, "test_cam_chance": 0.04})
     (job / "metrics.json").write_text(json.dumps(metrics))
     png = gradcam_figure(SquareNet(), square_image()[0], _square_mask(), 2, job / "gradcam" / "test_tr000.png")["path"]
-    md = write_report(tmp_path).read_text()
+    md = write_report(tmp_path).read_text(encoding="utf-8")
     t3 = pd.read_csv(tmp_path / "report" / "table3_weak.csv").set_index("split")
     assert t3.loc["test", "cam_in_tumour"] == pytest.approx(0.31) and np.isnan(t3.loc["train", "cam_pointing"])
     assert "0.310 / 0.500 / 0.040" in md and "Grad-CAM in tumour / pointing / chance" in md

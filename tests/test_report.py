@@ -164,7 +164,7 @@ def test_table3_and_mcnemar(sweep):
 
 def test_report_md_lists_missing_and_failed(sweep):
     root, report = sweep
-    md = report.read_text()
+    md = report.read_text(encoding="utf-8")
     assert "NP_weak" in md  # missing job
     assert "4_CMP_weak" in md and "CUDA out of memory" in md  # failed job with its reason
     assert "Models available: 4 of 6" in md
@@ -200,7 +200,7 @@ def test_sweep_without_any_job_still_reports(tmp_path):
     (tmp_path / "0_UP_strong").mkdir()
     (tmp_path / "0_UP_strong" / "error.txt").write_text("boom")
     assert main([str(tmp_path)]) == 0
-    md = (tmp_path / "report" / "report.md").read_text()
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "0_UP_strong" in md and "boom" in md and "Models available: 0 of 6" in md
     assert not (tmp_path / "report" / "table1_baseline.csv").exists()
     assert main([str(tmp_path / "nope")]) == 2

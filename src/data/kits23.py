@@ -50,7 +50,7 @@ def load_table(root: str | Path) -> list[dict]:
     if not path.is_file():
         raise InputError("KiTS23 clinical table not found (expected ROOT/dataset/kits23.json)", path=str(path))
     try:
-        table = json.loads(path.read_text())
+        table = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot parse KiTS23 clinical table ({exc})", path=str(path)) from None
     if not isinstance(table, list) or not all(isinstance(r, dict) and "case_id" in r for r in table):
@@ -186,7 +186,7 @@ def synthesize_kits_imaging(case_dir: str | Path, seed: int = 0, grade: int | No
     seg_path = case_dir / "segmentation.nii.gz"
     out = Path(out) if out is not None else case_dir / "imaging.nii.gz"
     if grade is None:
-        table = {r["case_id"]: r for r in json.loads((case_dir.parent / "kits23.json").read_text())}
+        table = {r["case_id"]: r for r in json.loads((case_dir.parent / "kits23.json").read_text(encoding="utf-8"))}
         grade = isup_grade(table.get(case_dir.name, {}).get("tumor_isup_grade"))
         if grade is None:
             raise InputError("case has no ISUP grade in kits23.json", case_dir.name, str(case_dir))

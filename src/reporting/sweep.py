@@ -69,7 +69,7 @@ def _read_config(job_dir: Path) -> dict:
     try:
         import yaml
 
-        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
         return cfg if isinstance(cfg, dict) else {}
     except Exception:  # noqa: BLE001 - an unreadable config must not stop the report
         return {}
@@ -119,7 +119,7 @@ def load_job(job_dir: Path) -> Job:
     metrics_error = ""
     if mpath.is_file():
         try:
-            metrics = json.loads(mpath.read_text())
+            metrics = json.loads(mpath.read_text(encoding="utf-8"))
             if not isinstance(metrics, dict):
                 metrics, metrics_error = {}, "metrics.json is not an object"
         except (OSError, ValueError) as exc:

@@ -77,7 +77,7 @@ def record_failure(job_dir: Path, exc: BaseException) -> Path:
 
 
 def load_metrics(job_dir: Path) -> dict:
-    return json.loads((job_dir / "metrics.json").read_text())
+    return json.loads((job_dir / "metrics.json").read_text(encoding="utf-8"))
 
 
 @contextmanager
