@@ -13,7 +13,11 @@
 # when OUT is set (else outputs/gpu_bench/<time>). Data and cache go to $GPU_BENCH_WORK (default: under
 # the log folder's parent, reused by a rerun). Environment knobs: GPU_BENCH_WORKERS (CPU processes for
 # generation/preprocessing; default: all CPUs), GPU_BENCH_EPOCHS (default 50), GPU_BENCH_JOBS (default
-# "UP:strong UP:weak CMP:strong CMP:weak NP:strong NP:weak"), GPU_BENCH_EXTRA (extra Hydra overrides).
+# "UP:strong UP:weak CMP:strong CMP:weak NP:strong NP:weak"; concurrent mode runs the product of the
+# listed phases and supervisions), GPU_BENCH_MODE (concurrent | sequential), GPU_BENCH_STAGES (default
+# "prepare sweep profile bench"), GPU_BENCH_PROCS (step_profile concurrency, default 1,6),
+# GPU_BENCH_SECTIONS / GPU_BENCH_SUPS (src.bench sections and supervisions), GPU_BENCH_EXTRA (extra
+# Hydra overrides).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -52,7 +56,11 @@ else
          "bench.memory.sizes=[50,150,306]" bench.memory.parallel=3)
 fi
 # shellcheck disable=SC2206
-COMMON+=("paths.data_dir=$WORK/data" "paths.cache_dir=$WORK/cache" "data.workers=$WORKERS" ${GPU_BENCH_EXTRA:-})
+COMMON+=("paths.data_dir=$WORK/data" "paths.cache_dir=$WORK/cache" ${GPU_BENCH_EXTRA:-})
+# processes for generation/preprocessing: all CPUs where one process does it (prepare, sequential jobs,
+# bench); the concurrent sweep keeps experiment=gpu_sweep's auto (all CPUs for the shared cohort,
+# CPUs / jobs for each job's own preprocessing)
+W=("data.workers=$WORKERS")
 
 stage "0 environment (log: $LOG, data/cache: $WORK, workers: $WORKERS, dry: $DRY)"
 if [ -d .whl ] && compgen -G ".whl/*.whl" > /dev/null; then
@@ -85,7 +93,7 @@ fi
 if has prepare; then
   stage "1+2 cohort generation and preprocessing (${WORKERS} processes)"
   T0=$(now_ms)
-  $PY -m src.bench --prepare "${COMMON[@]}" 2>&1 | tee "$LOG/prepare.log" | grep -E "^(cohort|preprocess|check|\{)"
+  $PY -m src.bench --prepare "${COMMON[@]}" "${W[@]}" 2>&1 | tee "$LOG/prepare.log" | grep -E "^(cohort|preprocess|check|\{)"
   echo "{\"prepare_s\": $(secs "$T0")}" > "$LOG/prepare.json"
 fi
 
@@ -106,7 +114,7 @@ if has sweep; then
     sups=$(for j in $JOBS; do echo "${j##*:}"; done | awk '!s[$0]++' | paste -sd, -)
     n=$(echo $JOBS | wc -w)
     CONC=(experiment=gpu_sweep "data.concurrent_jobs=$n")
-    [ "$DRY" = "1" ] && CONC=(hydra/launcher=joblib "hydra.launcher.n_jobs=$n" "data.concurrent_jobs=$n")
+    [ "$DRY" = "1" ] && CONC=(hydra/launcher=joblib "hydra.launcher.n_jobs=$n" "data.concurrent_jobs=$n" data.workers=auto)
     # the multirun's own folder layout: <n>_<phase>_<supervision>
     $PY -m src.train -m "phase=$phases" "supervision=$sups" "${COMMON[@]}" "${CONC[@]}" "${TP[@]}" \
       "hydra.sweep.dir=$SWEEP" > "$LOG/sweep.log" 2>&1 || { echo "sweep failed; last lines:"; tail -n 40 "$LOG/sweep.log"; }
@@ -128,7 +136,7 @@ PYEOF
       dir="$SWEEP/${i}_${phase}_${sup}"
       stage "3 job $i: $phase/$sup -> $dir"
       t0=$(now_ms)
-      $PY -m src.train "phase=$phase" "supervision=$sup" "${COMMON[@]}" "${TP[@]}" "hydra.run.dir=$dir" \
+      $PY -m src.train "phase=$phase" "supervision=$sup" "${COMMON[@]}" "${W[@]}" "${TP[@]}" "hydra.run.dir=$dir" \
         > "$dir.log" 2>&1 || { echo "job $phase/$sup failed; last lines:"; tail -n 30 "$dir.log"; exit 1; }
       echo "{\"job\": \"${phase}_${sup}\", \"wall_s\": $(secs "$t0")}" > "$dir/wall.json"
       grep -E "^throughput:" "$dir.log" | tail -n 1 || true
@@ -149,10 +157,15 @@ if has profile; then
 fi
 
 if has bench; then
-  stage "5 python -m src.bench"
-  $PY -m src.bench "${COMMON[@]}" "${BENCH[@]}" "bench.out=$LOG/bench.json" > "$LOG/bench.log" 2>&1 \
-    || { echo "src.bench failed; last lines:"; tail -n 30 "$LOG/bench.log"; }
-  sed -n '/^machine /,$p' "$LOG/bench.log"
+  # GPU_BENCH_SECTIONS (e.g. "[startup,train]") and GPU_BENCH_SUPS ("strong weak") narrow this stage
+  [ -n "${GPU_BENCH_SECTIONS:-}" ] && BENCH+=("bench.sections=$GPU_BENCH_SECTIONS")
+  for sup in ${GPU_BENCH_SUPS:-strong}; do
+    stage "5 python -m src.bench supervision=$sup"
+    $PY -m src.bench "${COMMON[@]}" "${W[@]}" "supervision=$sup" "${BENCH[@]}" "bench.out=$LOG/bench_$sup.json" \
+      > "$LOG/bench_$sup.log" 2>&1 || { echo "src.bench failed; last lines:"; tail -n 30 "$LOG/bench_$sup.log"; }
+    sed -n '/^machine /,$p' "$LOG/bench_$sup.log"
+    BENCH+=("bench.sections=[train]")  # start-up, preprocessing and memory once
+  done
 fi
 
 stage "6 summary"
