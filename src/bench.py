@@ -283,7 +283,7 @@ def framework_run(cfg, dm, device, warmup: int, steps: int, work: Path, audit: b
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model)
     trainer = make_trainer(cfg, work, max_steps=warmup + steps, callbacks=[StepClock()])
-    with _collect_syncs(syncs):
+    with _collect_syncs(syncs) if audit else contextlib.nullcontext():
         trainer.fit(model, datamodule=dm)
     if audit:
         return syncs
@@ -306,14 +306,12 @@ def _collect_syncs(sites: list[str]):
         sites.append(f"{Path(f.filename).name}:{f.lineno} {f.name}")
 
     old = warnings.showwarning
-    warnings.showwarning = show
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # restores showwarning and the filters on exit
             warnings.simplefilter("always")
             warnings.showwarning = show
             yield sites
     finally:
-        warnings.showwarning = old
         try:
             import torch
 
@@ -475,8 +473,8 @@ def prepare_all(cfg, phases=("UP", "CMP", "NP"), supervisions=("strong", "weak")
     import copy
 
     from src.data.datamodule import _preprocess_job
-    from src.utils.pool import process_pool
     from src.data.manifest import cases_for_phase
+    from src.utils.pool import process_pool
 
     t = time.perf_counter()
     manifest = make_datamodule(cfg)._ensure_cohort()
