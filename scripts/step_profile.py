@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def build(kind: str, dry: bool):
-    """(net factory, input shape, batch size) from the project's configs."""
+    """(net factory, optimiser settings, input shape incl. batch) from the project's configs."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
@@ -45,29 +45,17 @@ def build(kind: str, dry: bool):
         cfg = compose("train", overrides=[f"supervision={kind}"] + (["experiment=smoke"] if dry else []))
     GlobalHydra.instance().clear()
     size = list(cfg.preprocess.roi_size if kind == "strong" else cfg.preprocess.slice_size)
-    return (lambda: instantiate(cfg.model.net)), (int(cfg.data.batch_size), 1, *size)
+    opt = {"lr": float(cfg.optimizer.lr), "weight_decay": float(cfg.optimizer.weight_decay)}
+    return (lambda: instantiate(cfg.model.net)), opt, (int(cfg.data.batch_size), 1, *size)
 
 
-def make_step(net, opt, x, y, amp: bool, device):
+def setup(kind: str, variant: str, dry: bool):
+    """(one training step as a function, its optimiser, input shape, device, device sync) for a variant."""
     import torch
     import torch.nn.functional as F
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-            loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
-
-
-def time_variant(kind: str, variant: str, steps: int, warmup: int, dry: bool) -> dict:
-    import torch
-
     device = torch.device("cuda" if torch.cuda.is_available() and not dry else "cpu")
-    factory, shape = build(kind, dry)
+    factory, opt_kw, shape = build(kind, dry)
     torch.manual_seed(0)
     det = variant == "bf16+determ"
     torch.use_deterministic_algorithms(det, warn_only=True)
@@ -79,12 +67,26 @@ def time_variant(kind: str, variant: str, steps: int, warmup: int, dry: bool) ->
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (shape[0],), device=device)
-    graph = variant == "bf16+graph"
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4, fused=variant == "bf16+fused" or None,
-                            capturable=graph)
-    step = make_step(net, opt, x, y, amp, device)
+    opt = torch.optim.AdamW(net.parameters(), **opt_kw, fused=variant == "bf16+fused" or None,
+                            capturable=variant == "bf16+graph")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if graph:
+    return step, opt, shape, device, sync
+
+
+def time_variant(kind: str, variant: str, steps: int, warmup: int, dry: bool) -> dict:
+    import torch
+
+    step, opt, shape, device, sync = setup(kind, variant, dry)
+    if variant == "bf16+graph":
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
@@ -113,23 +115,12 @@ def time_variant(kind: str, variant: str, steps: int, warmup: int, dry: bool) ->
             "ms_per_step": 1e3 * dt, "samples_per_s": shape[0] / dt}
 
 
-def _worker(kind, seconds, dry, barrier, queue):
+def _worker(kind, seconds, warmup, dry, barrier, queue):
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() and not dry else "cpu")
     torch.set_num_threads(1)
-    torch.backends.cudnn.benchmark = True
-    factory, shape = build(kind, dry)
-    net = factory().to(device)
-    amp = device.type == "cuda"
-    x = torch.randn(*shape, device=device)
-    if amp and len(shape) == 4:
-        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 2, (shape[0],), device=device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    step = make_step(net, opt, x, y, amp, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(20):
+    step, _, shape, _, sync = setup(kind, "bf16", dry)
+    for _ in range(warmup):
         step()
     sync()
     barrier.wait()
@@ -142,10 +133,10 @@ def _worker(kind, seconds, dry, barrier, queue):
     queue.put(n * shape[0] / (time.perf_counter() - t))
 
 
-def concurrent(kind: str, k: int, seconds: float, dry: bool) -> dict:
+def concurrent(kind: str, k: int, seconds: float, warmup: int, dry: bool) -> dict:
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(k), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(kind, seconds, dry, barrier, queue)) for _ in range(k)]
+    procs = [ctx.Process(target=_worker, args=(kind, seconds, warmup, dry, barrier, queue)) for _ in range(k)]
     for p in procs:
         p.start()
     rates = [queue.get(timeout=600) for _ in procs]
@@ -179,7 +170,7 @@ def main(argv=None) -> None:
             rows.append(r)
             print(f"{kind:6s} {v:22s} {r['ms_per_step']:8.2f} ms/step {r['samples_per_s']:9.0f} samples/s", flush=True)
         for k in [int(s) for s in a.procs.split(",") if s.strip()]:
-            r = concurrent(kind, k, a.seconds, a.dry)
+            r = concurrent(kind, k, a.seconds, a.warmup, a.dry)
             rows.append(r)
             print(f"{kind:6s} {r['variant']:22s} {'':8s}         {r['samples_per_s']:9.0f} samples/s "
                   f"({r['per_process_samples_per_s']:.0f} per process)", flush=True)
