@@ -79,8 +79,8 @@ def main(cfg: DictConfig) -> float | None:
                 raise
             runtime.record_failure(job_dir, exc)
             if multirun:  # one failed job never sinks the sweep
+                # the sweep's end (SweepReport) collects failed jobs from their error.txt, for any launcher
                 log.error("job %s failed: %s: %s (details in error.txt)", job_dir.name, type(exc).__name__, exc)
-                runtime.FAILED_JOBS.append(job_dir.name)
                 return None
             if isinstance(exc, InputError):  # a user error: one line, no traceback
                 print(f"error: {exc}", file=sys.stderr)

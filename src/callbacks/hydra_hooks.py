@@ -48,13 +48,12 @@ class SweepReport(Callback):
 
 
 def collect_failed_jobs(sweep: Path, since: float) -> list[str]:
-    """Jobs of this multirun that failed (an ``error.txt`` written since ``since``), added to
-    ``runtime.FAILED_JOBS`` so that the command exits non-zero. Read from the job folders because a
-    parallel launcher (hydra/launcher=joblib) runs the jobs in other processes."""
+    """Jobs of this multirun that failed (an ``error.txt`` written since ``since``), as
+    ``runtime.FAILED_JOBS`` so that the command exits non-zero. Read from the job folders, which every
+    launcher shares (hydra/launcher=joblib runs the jobs in other processes)."""
     from src.utils import runtime
 
-    failed = sorted(p.parent.name for p in sweep.glob("*/error.txt") if p.stat().st_mtime >= since - 1)
-    runtime.FAILED_JOBS[:] = sorted(set(runtime.FAILED_JOBS) | set(failed))
+    runtime.FAILED_JOBS[:] = sorted(p.parent.name for p in sweep.glob("*/error.txt") if p.stat().st_mtime >= since - 1)
     return runtime.FAILED_JOBS
 
 
