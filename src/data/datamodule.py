@@ -119,7 +119,8 @@ class BankDataset(Dataset):
         if self.rows.device.type == "cuda" and idx.device.type == "cpu":
             # a pageable host->device copy synchronises the stream; from pinned memory it is queued
             idx = idx.pin_memory().to(self.rows.device, non_blocking=True)
-        idx = idx.to(self.rows.device)
+        else:
+            idx = idx.to(self.rows.device)
         return {"image": self.bank.gather(self.rows[idx])[:, None], **{k: v[idx] for k, v in self.meta.items()}}
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
