@@ -118,10 +118,11 @@ def _reference_strong(image, mask, margin_mm=5.0, angles=(30, 60, 90, 180), size
 
     from monai.transforms import Compose, CropForegroundd, Orientationd, Spacingd
 
-    from src.data.preprocess import KEYS, RAS_LABELS, BinarizeMaskd, _bbox, _margin_voxels, roi_view_transforms
+    from src.data.preprocess import KEYS, RAS_LABELS, BinarizeMaskd, _margin_voxels, roi_view_transforms
 
     spacing = [float(v) for v in torch.linalg.norm(torch.as_tensor(image.affine)[:3, :3], dim=0)]
-    lo, hi = _bbox(mask > 0)
+    idx = torch.nonzero(torch.as_tensor(mask)[0] > 0)  # the tumour's inclusive voxel box, as the old pipeline
+    lo, hi = idx.min(0).values.numpy(), idx.max(0).values.numpy()
     extent = (hi - lo + 1) * np.asarray(spacing)
     side = float(extent.max()) + 2 * margin_mm
     context = [side * math.sqrt(2) / 2 - float(e) / 2 + 2 * max(spacing) for e in extent]

@@ -61,14 +61,6 @@ class BinarizeMaskd(MapTransform):
         return d
 
 
-def _bbox(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive voxel bounding box (lo, hi) of a (1, X, Y, Z) mask."""
-    idx = torch.nonzero(mask[0] > 0.5)
-    if idx.numel() == 0:
-        raise ValueError("empty tumour mask")
-    return idx.min(0).values.numpy(), idx.max(0).values.numpy()
-
-
 def _margin_voxels(spacing: Sequence[float], margin_mm: Sequence[float]) -> list[int]:
     return [math.ceil(m / float(s)) for s, m in zip(spacing, margin_mm)]
 
