@@ -65,6 +65,28 @@ def test_resume_after_sigkill_matches_uninterrupted_run(cfg_factory, tmp_path, d
 
 
 @pytest.mark.slow
+def test_best_checkpoint_holds_weights_and_last_the_training_state(cfg_factory, tmp_path):
+    def load(path):
+        return torch.load(path, weights_only=True, map_location="cpu")
+
+    job = tmp_path / "every2"
+    train(cfg_factory("supervision=strong", "trainer.max_epochs=3", "callbacks.last_checkpoint.every_n_epochs=2",
+                      out=job))
+    files = sorted(p.name for p in (job / "checkpoints").iterdir())
+    assert len(files) == 2 and files[1] == "last.ckpt" and files[0].startswith("epoch")
+    best, last = load(job / "checkpoints" / files[0]), load(job / "checkpoints" / "last.ckpt")
+    assert "optimizer_states" not in best and best["state_dict"] and best["hyper_parameters"]
+    assert last["epoch"] == 1  # every 2 epochs: after the 2nd (index 1), not after the 3rd
+    assert last["optimizer_states"] and last["lr_schedulers"] and last["loops"]
+
+    # one epoch: the best is saved first, so last.ckpt (what resume restores) already names it as the best
+    job = tmp_path / "one"
+    train(cfg_factory("supervision=strong", "trainer.max_epochs=1", out=job))
+    last = load(job / "checkpoints" / "last.ckpt")
+    (state,) = [v for k, v in last["callbacks"].items() if "'val_auc'" in k]
+    assert Path(state["best_model_path"]).name.startswith("epoch000") and Path(state["best_model_path"]).is_file()
+
+
 def test_failed_job_does_not_sink_the_sweep_and_resume_reruns_it(tmp_path, data_root):
     from src.data.synthetic import SyntheticSpec, generate_cohort
 
