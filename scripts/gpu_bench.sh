@@ -15,7 +15,8 @@
 # generation/preprocessing; default: all CPUs), GPU_BENCH_EPOCHS (default 50), GPU_BENCH_JOBS (default
 # "UP:strong UP:weak CMP:strong CMP:weak NP:strong NP:weak"; concurrent mode runs the product of the
 # listed phases and supervisions), GPU_BENCH_MODE (concurrent | sequential), GPU_BENCH_STAGES (default
-# "prepare sweep profile bench"), GPU_BENCH_PROCS (step_profile concurrency, default 1,6),
+# "prepare sweep profile bench"; also: layout = time both memory layouts first and run the sweep with the
+# faster model.channels_last, warm = the sweep again over the same data and cache), GPU_BENCH_PROCS (step_profile concurrency, default 1,6),
 # GPU_BENCH_SECTIONS / GPU_BENCH_SUPS (src.bench sections and supervisions), GPU_BENCH_EXTRA (extra
 # Hydra overrides).
 set -euo pipefail
@@ -97,18 +98,33 @@ if has prepare; then
   echo "{\"prepare_s\": $(secs "$T0")}" > "$LOG/prepare.json"
 fi
 
-SWEEP="$LOG/sweep"
-SWEEP_S=0
-if has sweep; then
-  stage "3 sweep ($MODE): ${JOBS} (${EPOCHS} epochs each)"
-  mkdir -p "$SWEEP"
-  SMI_PID=""
-  if command -v nvidia-smi > /dev/null; then
-    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
-      > "$LOG/gpu_util.csv" 2>/dev/null & SMI_PID=$!
-  fi
-  TP=("+callbacks.throughput._target_=src.bench.throughput_monitor" "+callbacks.throughput.output_dir=\${paths.output_dir}")
-  SWEEP_T0=$(now_ms)
+# 2b layout: time the bf16 step of both networks in each memory layout and pick model.channels_last for
+# the sweep (auto: channels-last for 2D only; true: 2D and 3D; false: neither), the value with the least
+# summed ms/step (the same rule a user would apply to scripts/step_profile.py's table)
+if has layout; then
+  stage "2b memory layout (scripts/step_profile.py, bf16: NCDHW vs NDHWC 3D, NHWC vs NCHW 2D)"
+  LP=(--procs "" --steps 60 --warmup 15 --variants bf16,bf16+cl3d,bf16+nchw --out "$LOG/layout_profile.json")
+  [ "$DRY" = "1" ] && LP=(--dry --procs "" --out "$LOG/layout_profile.json")
+  $PY scripts/step_profile.py "${LP[@]}" 2>&1 | tee "$LOG/layout_profile.log" | grep -vi warn || echo "layout profile failed"
+  CL=$($PY - "$LOG/layout_profile.json" <<'PYEOF' 2>/dev/null || echo auto
+import json, sys
+ms = {(r["net"], r["variant"]): r["ms_per_step"] for r in json.load(open(sys.argv[1])) if "ms_per_step" in r}
+options = {"auto": [("strong", "bf16"), ("weak", "bf16")], "true": [("strong", "bf16+cl3d"), ("weak", "bf16")],
+           "false": [("strong", "bf16"), ("weak", "bf16+nchw")]}
+cost = {k: sum(ms[c] for c in v) for k, v in options.items() if all(c in ms for c in v)}
+print(min(cost, key=cost.get) if cost else "auto")
+PYEOF
+)
+  echo "{\"model.channels_last\": \"$CL\"}" > "$LOG/layout.json"
+  stage "2b model.channels_last=$CL for the sweep"
+  COMMON+=("model.channels_last=$CL")
+fi
+
+# one timed sweep into $1 (log $2): the six jobs at once (concurrent) or one after the other (sequential)
+run_sweep() {
+  local sweep=$1 slog=$2 t0
+  mkdir -p "$sweep"
+  t0=$(now_ms)
   if [ "$MODE" = "concurrent" ]; then
     phases=$(for j in $JOBS; do echo "${j%%:*}"; done | awk '!s[$0]++' | paste -sd, -)
     sups=$(for j in $JOBS; do echo "${j##*:}"; done | awk '!s[$0]++' | paste -sd, -)
@@ -117,8 +133,8 @@ if has sweep; then
     [ "$DRY" = "1" ] && CONC=(hydra/launcher=joblib "hydra.launcher.n_jobs=$n" "data.concurrent_jobs=$n" data.workers=auto)
     # the multirun's own folder layout: <n>_<phase>_<supervision>
     $PY -m src.train -m "phase=$phases" "supervision=$sups" "${COMMON[@]}" "${CONC[@]}" "${TP[@]}" \
-      "hydra.sweep.dir=$SWEEP" > "$LOG/sweep.log" 2>&1 || { echo "sweep failed; last lines:"; tail -n 40 "$LOG/sweep.log"; }
-    for d in "$SWEEP"/*_*_*/; do
+      "hydra.sweep.dir=$sweep" > "$slog" 2>&1 || { echo "sweep failed; last lines:"; tail -n 40 "$slog"; }
+    for d in "$sweep"/*_*_*/; do
       [ -f "$d/train.log" ] || continue
       # per job: first and last line of its own log (start of the job -> its end)
       "$PY" - "$d" <<'PYEOF'
@@ -130,23 +146,48 @@ t = [dt.datetime.strptime(l[1:24], "%Y-%m-%d %H:%M:%S,%f") for l in (lines[0], l
 PYEOF
     done
   else
-    i=0
+    local i=0 job phase sup dir t1
     for job in $JOBS; do
       phase=${job%%:*}; sup=${job##*:}
-      dir="$SWEEP/${i}_${phase}_${sup}"
+      dir="$sweep/${i}_${phase}_${sup}"
       stage "3 job $i: $phase/$sup -> $dir"
-      t0=$(now_ms)
+      t1=$(now_ms)
       $PY -m src.train "phase=$phase" "supervision=$sup" "${COMMON[@]}" "${W[@]}" "${TP[@]}" "hydra.run.dir=$dir" \
         > "$dir.log" 2>&1 || { echo "job $phase/$sup failed; last lines:"; tail -n 30 "$dir.log"; exit 1; }
-      echo "{\"job\": \"${phase}_${sup}\", \"wall_s\": $(secs "$t0")}" > "$dir/wall.json"
+      echo "{\"job\": \"${phase}_${sup}\", \"wall_s\": $(secs "$t1")}" > "$dir/wall.json"
       grep -E "^throughput:" "$dir.log" | tail -n 1 || true
       i=$((i + 1))
     done
-    $PY -m src.report "$SWEEP" > "$LOG/report.log" 2>&1 || echo "report failed (see $LOG/report.log)"
+    $PY -m src.report "$sweep" > "$sweep.report.log" 2>&1 || echo "report failed (see $sweep.report.log)"
   fi
-  SWEEP_S=$(secs "$SWEEP_T0")
+  SWEEP_S=$(secs "$t0")
+}
+
+TP=("+callbacks.throughput._target_=src.bench.throughput_monitor" "+callbacks.throughput.output_dir=\${paths.output_dir}")
+SWEEP="$LOG/sweep"
+SWEEP_S=0
+WARM_S=0
+if has sweep || has warm; then
+  SMI_PID=""
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
+      > "$LOG/gpu_util.csv" 2>/dev/null & SMI_PID=$!
+  fi
+  if has sweep; then
+    stage "3 sweep ($MODE): ${JOBS} (${EPOCHS} epochs each)"
+    run_sweep "$SWEEP" "$LOG/sweep.log"
+    COLD_S=$SWEEP_S
+    stage "3 sweep done in ${COLD_S} s"
+  fi
+  # warm: the same sweep again over the same data and cache (nothing to generate, validate or preprocess)
+  if has warm; then
+    stage "3w warm sweep (same data and cache)"
+    run_sweep "$LOG/sweep_warm" "$LOG/sweep_warm.log"
+    WARM_S=$SWEEP_S
+    stage "3w warm sweep done in ${WARM_S} s"
+  fi
+  SWEEP_S=${COLD_S:-0}
   [ -n "$SMI_PID" ] && kill "$SMI_PID" 2>/dev/null || true
-  stage "3 sweep done in ${SWEEP_S} s"
 fi
 
 if has profile; then
@@ -169,26 +210,40 @@ if has bench; then
 fi
 
 stage "6 summary"
-$PY - "$SWEEP" "$SWEEP_S" "$MODE" <<'EOF' 2>&1 | tee "$LOG/summary.md"
+$PY - "$SWEEP" "$SWEEP_S" "$MODE" "$WARM_S" <<'EOF' 2>&1 | tee "$LOG/summary.md"
 import json, sys
 from pathlib import Path
-sweep, total, mode = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+sweep, total, mode, warm = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 log = sweep.parent
-rows = []
-print(f"| job ({mode}) | wall s | train samples/s | fetch % of train time | epochs | test AUC |")
-print("|---|---|---|---|---|---|")
-for d in sorted(p for p in sweep.iterdir() if (p / "wall.json").exists()) if sweep.is_dir() else []:
-    wall = json.loads((d / "wall.json").read_text())
-    tp = json.loads((d / "throughput.json").read_text()) if (d / "throughput.json").exists() else {}
-    met = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
-    rows.append({"job": d.name, **wall, **{k: v for k, v in tp.items() if k != "epoch_s"}, "test_auc": met.get("test_auc")})
-    print(f"| {d.name} | {wall.get('wall_s', float('nan')):.1f} | {tp.get('samples_per_s', float('nan')):.0f} | "
-          f"{100 * tp.get('data_wait_fraction', float('nan')):.1f} | {tp.get('epochs')} | {met.get('test_auc')} |")
-out = {"mode": mode, "sweep_s": total, "jobs": rows}
+
+
+def table(sweep: Path, title: str) -> list:
+    rows = []
+    print(f"| job ({title}) | wall s | train samples/s | fetch % of train time | epochs | test AUC |")
+    print("|---|---|---|---|---|---|")
+    for d in sorted(p for p in sweep.iterdir() if (p / "wall.json").exists()) if sweep.is_dir() else []:
+        wall = json.loads((d / "wall.json").read_text())
+        tp = json.loads((d / "throughput.json").read_text()) if (d / "throughput.json").exists() else {}
+        met = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
+        rows.append({"job": d.name, **wall, **{k: v for k, v in tp.items() if k != "epoch_s"},
+                     "test_auc": met.get("test_auc")})
+        print(f"| {d.name} | {wall.get('wall_s', float('nan')):.1f} | {tp.get('samples_per_s', float('nan')):.0f} | "
+              f"{100 * tp.get('data_wait_fraction', float('nan')):.1f} | {tp.get('epochs')} | {met.get('test_auc')} |")
+    return rows
+
+
+out = {"mode": mode, "sweep_s": total, "jobs": table(sweep, mode)}
+if (log / "layout.json").exists():
+    out.update(json.loads((log / "layout.json").read_text()))
+if warm:
+    print()
+    out.update({"warm_sweep_s": warm, "warm_jobs": table(log / "sweep_warm", f"{mode}, warm cache")})
 if (log / "prepare.json").exists():
     out.update(json.loads((log / "prepare.json").read_text()))
     print(f"\ncohort generation + preprocessing (all CPUs): {out['prepare_s']:.1f} s")
 print(f"sweep wall time: {total:.1f} s ({total / 60:.2f} min)")
+if warm:
+    print(f"warm sweep wall time (same data and cache): {warm:.1f} s ({warm / 60:.2f} min)")
 util = log / "gpu_util.csv"
 if util.exists() and util.stat().st_size:
     vals = [[float(v) for v in ln.split(",")[1:3]] for ln in util.read_text().splitlines() if ln.count(",") >= 2]

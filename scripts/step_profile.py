@@ -11,6 +11,9 @@ cross-entropy, backward, AdamW) in these variants:
 
   fp32           eager, float32
   bf16           autocast bf16 (+ channels-last for 2D): the framework's GPU setting
+  bf16+cl3d      3D only: bf16 with channels-last-3d (NDHWC) network and input (model.channels_last=true)
+  bf16+nchw      2D only: bf16 without channels-last (the layout the framework does not use on CUDA)
+  bf16+compile   bf16 with torch.compile of the network (default mode; compile_s: the first steps)
   bf16+sync      bf16 with loss.item() every step (what a per-step host check costs)
   bf16+determ    bf16 with torch.use_deterministic_algorithms(warn_only) and cuDNN benchmark off
   bf16+fused     bf16 with AdamW(fused=True)
@@ -63,23 +66,43 @@ def setup(kind: str, variant: str, dry: bool):
     net = factory().to(device)
     amp = variant != "fp32" and device.type == "cuda"
     x = torch.randn(*shape, device=device)
-    if amp and len(shape) == 4:
-        net = net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    fmt = layout(len(shape) - 2, variant) if amp else None
+    if fmt is not None:
+        net = net.to(memory_format=fmt)
+        x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (shape[0],), device=device)
     opt = torch.optim.AdamW(net.parameters(), **opt_kw, fused=variant == "bf16+fused" or None,
                             capturable=variant == "bf16+graph")
 
+    model = torch.compile(net) if variant == "bf16+compile" else net
+
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-            loss = F.cross_entropy(net(x), y)
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         return loss
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     return step, opt, shape, device, sync
+
+
+def layout(dims: int, variant: str):
+    """Memory format of a bf16 variant: the framework's (channels-last for 2D on CUDA, model.channels_last
+    auto) unless the variant swaps it (bf16+cl3d: channels-last-3d for 3D; bf16+nchw: none for 2D)."""
+    import torch
+
+    if dims == 3:
+        return torch.channels_last_3d if variant == "bf16+cl3d" else None
+    return None if variant == "bf16+nchw" else torch.channels_last
+
+
+def variants_for(kind: str, cuda: bool) -> list[str]:
+    if not cuda:
+        return ["fp32"]
+    alt = "bf16+cl3d" if kind == "strong" else "bf16+nchw"
+    return ["fp32", "bf16", alt, "bf16+sync", "bf16+determ", "bf16+fused", "bf16+graph", "bf16+compile"]
 
 
 def time_variant(kind: str, variant: str, steps: int, warmup: int, dry: bool) -> dict:
@@ -100,9 +123,11 @@ def time_variant(kind: str, variant: str, steps: int, warmup: int, dry: bool) ->
         run = g.replay
     else:
         run = step
+    t = time.perf_counter()
     for _ in range(warmup):
         run()
     sync()
+    warmup_s = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(steps):
         loss = run()
@@ -112,7 +137,7 @@ def time_variant(kind: str, variant: str, steps: int, warmup: int, dry: bool) ->
     dt = (time.perf_counter() - t) / steps
     torch.use_deterministic_algorithms(False)
     return {"net": kind, "variant": variant, "device": device.type, "batch": shape[0], "input": list(shape[1:]),
-            "ms_per_step": 1e3 * dt, "samples_per_s": shape[0] / dt}
+            "ms_per_step": 1e3 * dt, "samples_per_s": shape[0] / dt, "warmup_s": warmup_s}
 
 
 def _worker(kind, seconds, warmup, dry, barrier, queue):
@@ -153,6 +178,7 @@ def main(argv=None) -> None:
     ap.add_argument("--procs", default="1,3,6", help="concurrent processes to try (comma list; empty: skip)")
     ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per concurrency run")
     ap.add_argument("--nets", default="strong,weak")
+    ap.add_argument("--variants", default="", help="comma list of variants to time (default: all for the device)")
     ap.add_argument("--dry", action="store_true", help="CPU, tiny inputs, few steps")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -161,14 +187,16 @@ def main(argv=None) -> None:
     cuda = torch.cuda.is_available() and not a.dry
     if a.dry:
         a.steps, a.warmup, a.seconds = 3, 1, 1.0
-    variants = ["fp32", "bf16", "bf16+sync", "bf16+determ", "bf16+fused", "bf16+graph"] if cuda else ["fp32"]
     rows = []
     print(f"device: {torch.cuda.get_device_name(0) if cuda else 'cpu'}, torch {torch.__version__}", flush=True)
     for kind in a.nets.split(","):
-        for v in variants:
+        wanted = [v for v in a.variants.split(",") if v.strip()]
+        for v in [v for v in variants_for(kind, cuda) if not wanted or v in wanted]:
             r = time_variant(kind, v, a.steps, a.warmup, a.dry)
             rows.append(r)
-            print(f"{kind:6s} {v:22s} {r['ms_per_step']:8.2f} ms/step {r['samples_per_s']:9.0f} samples/s", flush=True)
+            extra = f"  (first {a.warmup} steps incl. compile: {r['warmup_s']:.1f} s)" if v == "bf16+compile" else ""
+            print(f"{kind:6s} {v:22s} {r['ms_per_step']:8.2f} ms/step {r['samples_per_s']:9.0f} samples/s{extra}",
+                  flush=True)
         for k in [int(s) for s in a.procs.split(",") if s.strip()]:
             r = concurrent(kind, k, a.seconds, a.warmup, a.dry)
             rows.append(r)
