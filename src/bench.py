@@ -335,6 +335,8 @@ def bare_run(cfg, dm, device, warmup: int, steps: int) -> float:
     import torch.nn.functional as F
     from hydra.utils import instantiate
 
+    from src.models.module import fused_kwargs
+
     L.seed_everything(cfg.seed, workers=True)
     det = cfg.trainer.get("deterministic", False)
     if det:
@@ -343,7 +345,8 @@ def bare_run(cfg, dm, device, warmup: int, steps: int) -> float:
     fmt = _memory_format(cfg, device)
     if fmt is not None:
         net = net.to(memory_format=fmt)
-    opt = instantiate(cfg.optimizer)(params=net.parameters())
+    factory = instantiate(cfg.optimizer)
+    opt = factory(params=net.parameters(), **fused_kwargs(factory, cfg.model.get("fused_optimizer", "auto"), device.type))
     bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16")
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     smoothing = float(cfg.model.get("label_smoothing", 0.0))

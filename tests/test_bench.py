@@ -137,3 +137,27 @@ def test_memory_probe_runs(bench_cfg, tmp_path):
     (run,) = res["runs"]
     assert run["patients"] == 20 and run["preprocessed"] == 20 and run["cache_mb"] > 0
     assert run["prepare_peak_rss_mb"] >= run["baseline_rss_mb"] > 0
+
+
+def test_fused_optimizer_setting():
+    """auto: the fused kernel on CUDA only; true: everywhere; an explicit optimizer.fused always wins."""
+    from functools import partial
+
+    from src.models.module import fused_kwargs
+
+    adamw, explicit = partial(torch.optim.AdamW, lr=1e-3), partial(torch.optim.AdamW, lr=1e-3, fused=False)
+    assert fused_kwargs(adamw, "auto", "cuda") == {"fused": True}
+    assert fused_kwargs(adamw, "auto", "cpu") == {} and fused_kwargs(adamw, False, "cuda") == {}
+    assert fused_kwargs(explicit, True, "cuda") == {}  # the config said fused: false
+    assert fused_kwargs(partial(torch.optim.LBFGS), True, "cuda") == {}  # no fused kernel: nothing passed
+    net = torch.nn.Linear(4, 2)
+    opt = adamw(params=net.parameters(), **fused_kwargs(adamw, True, "cpu"))  # torch has a CPU fused AdamW
+    net(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    assert opt.defaults["fused"] is True
+    # the module passes it on (on this CPU: auto -> the default multi-tensor AdamW, true -> fused)
+    from src.models.module import GradeModule
+
+    for setting, fused in (("auto", None), (True, True)):
+        module = GradeModule(torch.nn.Linear(4, 2), optimizer=adamw, fused_optimizer=setting)
+        assert module.configure_optimizers().defaults["fused"] is fused

@@ -19,6 +19,23 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
 
+def fused_kwargs(factory, setting: bool | str, device_type: str) -> dict:
+    """``{"fused": True}`` for an optimiser factory whose optimiser has a fused kernel (AdamW, Adam, SGD)
+    when ``setting`` is true, or ``auto`` on CUDA (one kernel updates every parameter instead of a
+    multi-tensor loop: scripts/step_profile.py measured -23 % (2D) / -9 % (3D) per step on an H100);
+    else ``{}``. An explicit ``optimizer.fused`` in the config always wins."""
+    import inspect
+
+    if "fused" in (getattr(factory, "keywords", None) or {}):
+        return {}
+    try:
+        accepts = "fused" in inspect.signature(getattr(factory, "func", factory)).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    on = setting is True or (setting == "auto" and device_type == "cuda")
+    return {"fused": True} if accepts and on else {}
+
+
 def _metrics(prefix: str) -> MetricCollection:
     # validate_args=False: the inputs are our own probabilities and 0/1 labels, and torchmetrics' checks
     # (torch.unique of the targets) force a host-device sync on every update on a GPU
@@ -31,7 +48,7 @@ def _metrics(prefix: str) -> MetricCollection:
 class GradeModule(L.LightningModule):
     def __init__(self, net: nn.Module, optimizer, scheduler=None, label_smoothing: float = 0.0,
                  channels_last: bool | str = "auto", compile: bool = False, compile_mode: str | None = None,
-                 nan_check_every_n_steps: int = 1):
+                 nan_check_every_n_steps: int = 1, fused_optimizer: bool | str = "auto"):
         super().__init__()
         # the network and the optimizer factories are objects: the run's Hydra config records them
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
@@ -142,7 +159,8 @@ class GradeModule(L.LightningModule):
         self.eval_outputs.clear()
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        fused = fused_kwargs(self.optimizer_factory, self.hparams.get("fused_optimizer", "auto"), self.device.type)
+        optimizer = self.optimizer_factory(params=self.parameters(), **fused)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
