@@ -144,7 +144,7 @@ def bench_startup(cfg, overrides: list[str], cache_dir: Path) -> dict:
     t = time.perf_counter()
     first = json.loads(run_child(["-m", "src.bench", "--first-step", str(cache_dir), *overrides]).splitlines()[-1])
     out.update(first_step_s=first["since_process_start_s"], first_step_after_fit_call_s=first["since_fit_call_s"],
-               first_step_wall_s=time.perf_counter() - t)
+               first_step_wall_s=time.perf_counter() - t, first_step_preprocessed=first["preprocessed_in_fit"])
     return out
 
 
@@ -171,7 +171,8 @@ def first_step(cfg, cache_dir: Path) -> dict:
     trainer = make_trainer(cfg, work, max_steps=1, callbacks=[Stop()])
     times["t_fit"] = time.perf_counter()
     trainer.fit(model, datamodule=dm)
-    return {"since_process_start_s": times["process"], "since_fit_call_s": times["fit"]}
+    return {"since_process_start_s": times["process"], "since_fit_call_s": times["fit"],
+            "preprocessed_in_fit": int(dm.stats["preprocessed"])}
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -517,7 +518,9 @@ def table(res: dict) -> str:
         s = res["startup"]
         rows += [("startup: src.train --cfg job", f"{s['cfg_job_s']:.2f} s (median of {len(s['cfg_job_runs_s'])})"),
                  ("startup: process start -> first step", f"{s['first_step_s']:.2f} s "
-                  f"(fit() call -> first step {s['first_step_after_fit_call_s']:.2f} s)")]
+                  f"(fit() call -> first step {s['first_step_after_fit_call_s']:.2f} s; "
+                  + (f"cache miss: {s['first_step_preprocessed']} patients preprocessed in it)"
+                     if s.get("first_step_preprocessed") else "cache hit)"))]
     if "preprocess" in res:
         p = res["preprocess"]
         for r in p["runs"]:

@@ -161,3 +161,13 @@ def test_fused_optimizer_setting():
     for setting, fused in (("auto", None), (True, True)):
         module = GradeModule(torch.nn.Linear(4, 2), optimizer=adamw, fused_optimizer=setting)
         assert module.configure_optimizers().defaults["fused"] is fused
+
+
+def test_first_step_says_whether_the_cache_was_hit(bench_cfg, tmp_path):
+    cfg = bench_cfg()
+    miss, hit = (bench.first_step(cfg, tmp_path / "cache") for _ in range(2))
+    assert miss["preprocessed_in_fit"] == cfg.data.synthetic.n_patients and hit["preprocessed_in_fit"] == 0
+    assert 0 < hit["since_fit_call_s"] < hit["since_process_start_s"]
+    row = {"cfg_job_s": 0.3, "cfg_job_runs_s": [0.3], "first_step_after_fit_call_s": 1.0, "first_step_s": 5.0}
+    assert "cache miss: 12 patients" in bench.table({"startup": {**row, "first_step_preprocessed": 12}})
+    assert "cache hit" in bench.table({"startup": {**row, "first_step_preprocessed": 0}})
