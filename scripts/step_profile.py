@@ -13,7 +13,7 @@ cross-entropy, backward, AdamW) in these variants:
   bf16           autocast bf16 (+ channels-last for 2D): the framework's GPU setting
   bf16+cl3d      3D only: bf16 with channels-last-3d (NDHWC) network and input (model.channels_last=true)
   bf16+nchw      2D only: bf16 without channels-last (the layout the framework does not use on CUDA)
-  bf16+compile   bf16 with torch.compile of the network (default mode; compile_s: the first steps)
+  bf16+compile   bf16 with torch.compile of the network (default mode; warmup_s includes the compiling)
   bf16+sync      bf16 with loss.item() every step (what a per-step host check costs)
   bf16+determ    bf16 with torch.use_deterministic_algorithms(warn_only) and cuDNN benchmark off
   bf16+fused     bf16 with AdamW(fused=True)
