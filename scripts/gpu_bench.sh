@@ -120,7 +120,8 @@ PYEOF
   COMMON+=("model.channels_last=$CL")
 fi
 
-# one timed sweep into $1 (log $2): the six jobs at once (concurrent) or one after the other (sequential)
+# one timed sweep into $1 (log $2), its wall seconds into the variable named $3: the six jobs at once
+# (concurrent) or one after the other (sequential)
 run_sweep() {
   local sweep=$1 slog=$2 t0
   mkdir -p "$sweep"
@@ -160,7 +161,7 @@ PYEOF
     done
     $PY -m src.report "$sweep" > "$sweep.report.log" 2>&1 || echo "report failed (see $sweep.report.log)"
   fi
-  SWEEP_S=$(secs "$t0")
+  printf -v "$3" '%s' "$(secs "$t0")"
 }
 
 TP=("+callbacks.throughput._target_=src.bench.throughput_monitor" "+callbacks.throughput.output_dir=\${paths.output_dir}")
@@ -175,18 +176,15 @@ if has sweep || has warm; then
   fi
   if has sweep; then
     stage "3 sweep ($MODE): ${JOBS} (${EPOCHS} epochs each)"
-    run_sweep "$SWEEP" "$LOG/sweep.log"
-    COLD_S=$SWEEP_S
-    stage "3 sweep done in ${COLD_S} s"
+    run_sweep "$SWEEP" "$LOG/sweep.log" SWEEP_S
+    stage "3 sweep done in ${SWEEP_S} s"
   fi
   # warm: the same sweep again over the same data and cache (nothing to generate, validate or preprocess)
   if has warm; then
     stage "3w warm sweep (same data and cache)"
-    run_sweep "$LOG/sweep_warm" "$LOG/sweep_warm.log"
-    WARM_S=$SWEEP_S
+    run_sweep "$LOG/sweep_warm" "$LOG/sweep_warm.log" WARM_S
     stage "3w warm sweep done in ${WARM_S} s"
   fi
-  SWEEP_S=${COLD_S:-0}
   [ -n "$SMI_PID" ] && kill "$SMI_PID" 2>/dev/null || true
 fi
 

@@ -347,7 +347,8 @@ def bare_run(cfg, dm, device, warmup: int, steps: int) -> float:
     if fmt is not None:
         net = net.to(memory_format=fmt)
     factory = instantiate(cfg.optimizer)
-    opt = factory(params=net.parameters(), **fused_kwargs(factory, cfg.model.get("fused_optimizer", "auto"), device.type))
+    fused = fused_kwargs(factory, cfg.model.get("fused_optimizer", "auto"), device.type)
+    opt = factory(params=net.parameters(), **fused)
     bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16")
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     smoothing = float(cfg.model.get("label_smoothing", 0.0))
