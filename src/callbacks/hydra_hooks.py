@@ -1,4 +1,5 @@
-"""Hydra callbacks: failed jobs are collected and the sweep's report is written when a multirun ends."""
+"""Hydra callbacks: when a multirun ends, failed jobs are collected, the sweep's report is written
+and a one-line-per-job summary is printed, followed by the report's path."""
 from __future__ import annotations
 
 import logging
@@ -10,11 +11,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
+ERROR_WIDTH = 100  # characters of a failed job's error shown in the summary table
 
 
 class SweepReport(Callback):
     """After the last job of a multirun: copy one job's ``cohort.csv`` to ``SWEEP/manifest.csv``
-    (Table 1) and write ``SWEEP/report/`` with ``src.report.write_report``."""
+    (Table 1), write ``SWEEP/report/`` with ``src.report.write_report``, then print the jobs'
+    ``summary_table`` and the report's path."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -29,6 +32,7 @@ class SweepReport(Callback):
             return
         collect_failed_jobs(sweep, since=self.started)
         if not self.enabled:
+            log.info("jobs:\n%s", summary_table(sweep))
             return
         target = sweep / "manifest.csv"
         cohorts = sorted(sweep.glob("*/cohort.csv"))
@@ -38,13 +42,58 @@ class SweepReport(Callback):
             from src.report import write_report
 
             out = write_report(sweep)
-            log.info("sweep report: %s", out)
-            wandb_cfg = (config.get("logger") or {}).get("wandb")
-            if wandb_cfg is not None:
+        except Exception as exc:  # the sweep's results stay; the report can be rerun by hand
+            log.info("jobs:\n%s", summary_table(sweep))
+            log.error("sweep report failed (%s); rerun: python -m src.report %s", exc, sweep)
+            return
+        # the last thing on the console: one line per job, then where the report is
+        log.info("jobs:\n%s", summary_table(sweep))
+        log.info("sweep report: %s", out)
+        wandb_cfg = (config.get("logger") or {}).get("wandb")
+        if wandb_cfg is not None:
+            try:
                 log_report_to_wandb(out, project=wandb_cfg.get("project", "ccrcc-grade"), group=sweep.name,
                                     offline=bool(wandb_cfg.get("offline", False)))
-        except Exception as exc:  # the sweep's results stay; the report can be rerun by hand
-            log.error("sweep report failed (%s); rerun: python -m src.report %s", exc, sweep)
+            except Exception as exc:  # the report on disk stays
+                log.error("sweep report not logged to wandb (%s)", exc)
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    """The sweep's job folders (those with ``.hydra/``, ``metrics.json`` or ``error.txt``), in job
+    order: by the ``<n>_`` prefix Hydra's job number gives them, then by name."""
+    def key(p: Path) -> tuple[int, str]:
+        head = p.name.split("_", 1)[0]
+        return (int(head) if head.isdigit() else -1, p.name)
+
+    marks = (".hydra", "metrics.json", "error.txt")
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and any((p / m).exists() for m in marks)), key=key)
+
+
+def summary_table(sweep: Path) -> str:
+    """One line per job of ``sweep``: its folder name, ``runtime.job_status`` and the test AUC with
+    its DeLong 95 % CI when ``metrics.json`` has them; a failed job shows the first line of its
+    ``error.txt`` instead (cut to ``ERROR_WIDTH`` characters). Columns are padded to the widest
+    entry; the text has no trailing newline."""
+    from src.utils import runtime
+
+    rows = [("job", "status", "test AUC (95% CI)")]
+    for job in job_dirs(Path(sweep)):
+        status = runtime.job_status(job)
+        result = "-"
+        if status == "failed":
+            lines = (job / "error.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            result = lines[0] if lines else "-"
+            if len(result) > ERROR_WIDTH:
+                result = result[:ERROR_WIDTH - 3] + "..."
+        elif (job / "metrics.json").is_file():
+            m = runtime.load_metrics(job)
+            if m.get("test_auc") is not None:
+                result = f"{m['test_auc']:.3f}"
+                if m.get("test_auc_low") is not None and m.get("test_auc_high") is not None:
+                    result += f" ({m['test_auc_low']:.3f}-{m['test_auc_high']:.3f})"
+        rows.append((job.name, status, result))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "\n".join(f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c}" for a, b, c in rows)
 
 
 def collect_failed_jobs(sweep: Path, since: float) -> list[str]:

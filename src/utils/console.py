@@ -1,0 +1,25 @@
+"""Console hygiene for training jobs, used by ``conf/hydra/default.yaml`` (``hydra.job_logging``).
+
+Lightning attaches its own ``StreamHandler`` to the ``lightning`` logger when it is imported, and
+every record of ``lightning.pytorch.*`` / ``lightning.fabric.*`` also propagates to the root logger,
+where Hydra's console and file handlers sit: each Lightning line would be printed twice. The job
+logging config therefore gives ``lightning.pytorch`` and ``lightning.fabric`` Hydra's handlers and
+``propagate: false``, so a Lightning record is handled once (Hydra's console + the job's log file)
+and never reaches Lightning's own handler, whichever of Hydra and Lightning sets up logging first.
+
+Lightning also logs advertising tips ("💡 Tip: ... try installing litlogger ...") through
+``rank_zero_info``, with no setting to turn them off; ``LightningTipFilter`` drops them at Hydra's
+handlers. Only ``logging`` is imported here, so that composing the config stays fast.
+"""
+from __future__ import annotations
+
+import logging
+
+
+class LightningTipFilter(logging.Filter):
+    """Drop Lightning's "💡 Tip: ..." records; let every other record through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("lightning"):
+            return True
+        return not record.getMessage().lstrip("💡 ").startswith("Tip:")
