@@ -64,11 +64,11 @@ def hu_slices(dm, patient: int) -> dict:
     case = cases_for_phase(dm.manifest_path(), dm.phase)[patient]
     image = to_metatensor(read_image(case.image, case.patient_id))
     mask = to_metatensor(read_image(case.mask, case.patient_id), dtype=np.float32)
-    size = tuple(dm.pp.get("slice_size", (256, 256)))
+    size = tuple(dm.pp["slice_size"])
     d = Compose([
         BinarizeMaskd("mask", label=dm.tumour_label),
         Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
-        LesionSlicesd(keys=KEYS, min_voxels=dm.pp.get("min_tumour_voxels", 1)),
+        LesionSlicesd(keys=KEYS, min_voxels=dm.pp["min_tumour_voxels"]),
         Resized(keys=KEYS, spatial_size=size, mode=("bilinear", "nearest"), anti_aliasing=(True, False)),
     ])({"image": image, "mask": mask})
     img = np.asarray(d["image"], dtype=np.float32)

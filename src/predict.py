@@ -5,12 +5,13 @@
 ``JOB/.hydra/config.yaml``: supervision, phase, network, preprocessing parameters, tumour label and
 (weak) the slice aggregation rule. ``image``: the patient's CT of that phase, a NIfTI/NRRD/MHA file
 or a DICOM series folder; ``mask``: the tumour mask (same geometry). The input goes through the
-same checks and the same preprocessing code as training (``src.data.validate``,
-``GradeDataModule._preprocess``), then:
+same checks and the same preprocessing code as training (``src.data.validate.check_pair``,
+``src.data.preprocess.preprocess_case``), then:
 
-- strong: the un-rotated ROI -> 3D network -> ``prob_high``; decision ``prob_high > 0.5``;
+- strong: the un-rotated ROI -> 3D network -> ``prob_high``; decision ``prob_high > threshold``
+  (the job's ``callbacks.predictions.threshold``, ``src.stats.decide``);
 - weak: every lesion slice -> 2D network -> ``src.callbacks.aggregation.aggregate_patient`` with
-  the job's ``callbacks.predictions.aggregation`` config.
+  the job's ``callbacks.predictions.aggregation`` config and threshold.
 
 Prints one line and writes ``OUTPUT_DIR/<patient_id>.json`` (``prob_high``, ``pred`` 0/1,
 ``decision``, supervision, phase, aggregation details, slices for weak). The only identifier
@@ -28,7 +29,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -38,7 +38,6 @@ from src.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 DECISIONS = {0: "low grade (WHO/ISUP 1-2)", 1: "high grade (WHO/ISUP 3-4)"}
-STRONG_THRESHOLD = 0.5  # as the prediction writer (src/callbacks/predictions.py)
 
 
 # ------------------------------------------------------------------------------------------ job folder
@@ -77,14 +76,19 @@ def job_settings(job_cfg: DictConfig) -> dict:
     from src.errors import InputError
 
     try:
-        agg = OmegaConf.select(job_cfg, "callbacks.predictions.aggregation")
+        agg = _container(OmegaConf.select(job_cfg, "callbacks.predictions.aggregation"))
+        # jobs written before the threshold became the writer's own key kept it in the aggregation
+        threshold = OmegaConf.select(job_cfg, "callbacks.predictions.threshold", default=agg.pop("threshold", None))
+        if threshold is None:
+            raise ValueError("no callbacks.predictions.threshold")
         return {
             "supervision": str(OmegaConf.select(job_cfg, "supervision.name")),
             "phase": str(OmegaConf.select(job_cfg, "phase.name")),
             "net": _container(job_cfg.model.net),
             "preprocess": _container(job_cfg.preprocess),
             "tumour_label": OmegaConf.select(job_cfg, "data.tumour_label", default=None),
-            "aggregation": _container(agg) if agg is not None else {},
+            "aggregation": agg,
+            "threshold": float(threshold),
         }
     except Exception as exc:  # a config that is not a training job's
         raise InputError(f"cannot read the job config ({type(exc).__name__}: {exc})") from None
@@ -115,8 +119,8 @@ def load_network(ckpt: Path, net_cfg: dict):
 # ------------------------------------------------------------------------------------------ inference
 def preprocess_input(settings: dict, image: Path, mask: Path, patient_id: str, tumour_label) -> dict:
     """The training code's checks and preprocessing for one new patient (nothing is cached)."""
-    from src.data.datamodule import GradeDataModule
     from src.data.manifest import Case
+    from src.data.preprocess import preprocess_case
     from src.data.validate import check_pair
     from src.errors import InputError
 
@@ -125,10 +129,8 @@ def preprocess_input(settings: dict, image: Path, mask: Path, patient_id: str, t
         raise InputError(problems[0].message, problems[0].patient_id, problems[0].path)
     if problems:
         raise InputError("\n".join(str(p) for p in problems))
-    with tempfile.TemporaryDirectory() as tmp:
-        dm = GradeDataModule(settings["phase"], settings["supervision"], cache_dir=tmp,
-                             preprocess=settings["preprocess"], tumour_label=tumour_label)
-        return dm._preprocess(Case(patient_id, 1, Path(image), Path(mask)))
+    return preprocess_case(Case(patient_id, 1, Path(image), Path(mask)), settings["supervision"],
+                           settings["preprocess"], tumour_label)
 
 
 def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> dict:
@@ -136,12 +138,15 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
     import numpy as np
     import torch
 
+    from src.stats import decide
+
     with torch.no_grad():
         if settings["supervision"] == "strong":
             angles = [float(a) for a in arrays["angles"]]
             x = torch.from_numpy(np.asarray(arrays["rois"][angles.index(0.0)], dtype=np.float32))[None, None]
             prob = float(net(x).float().softmax(-1)[0, 1])
-            return {"prob_high": prob, "pred": int(prob > STRONG_THRESHOLD), "threshold": STRONG_THRESHOLD,
+            thr = settings["threshold"]
+            return {"prob_high": prob, "pred": int(decide(prob, thr)), "threshold": thr,
                     "input": x[0]}
         from src.callbacks.aggregation import aggregate_patient
 
@@ -150,13 +155,12 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
                            for i in range(0, len(slices), batch_size)])
         probs = probs.numpy().astype(np.float64)
         probs /= probs.sum(1, keepdims=True)
-        width = int(settings["preprocess"].get("slice_size", (256, 256))[-1])
+        width = int(settings["preprocess"]["slice_size"][-1])
         masks = np.unpackbits(np.asarray(arrays["masks"]), axis=-1, count=width).astype(bool)
         z = np.asarray(arrays["slice_index"]).astype(int)
-        agg = {"method": "chain", "iou_threshold": 0.3, "min_consecutive": 4, "threshold": 0.5,
-               **settings["aggregation"]}
-        res = aggregate_patient(z, probs, masks, **agg)
-        return {"prob_high": float(res.prob_high), "pred": int(res.pred), "threshold": agg["threshold"],
+        agg = settings["aggregation"]
+        res = aggregate_patient(z, probs, masks, threshold=settings["threshold"], **agg)
+        return {"prob_high": float(res.prob_high), "pred": int(res.pred), "threshold": settings["threshold"],
                 "aggregation": agg, "aggregation_info": _jsonable(res.info),
                 "slices": [{"slice_index": int(k), "prob_high": float(p)} for k, p in zip(z, probs[:, 1])],
                 "input": slices, "masks": masks}

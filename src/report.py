@@ -183,32 +183,30 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str]) -> str:
                 "n patients": [str(int(x)) if x == x else "NA" for x in t3["patient_n"]],
             }
         )
-        # --- gradcam (issue #5): Grad-CAM localisation column ---
+        # Grad-CAM: Grad-CAM localisation column
         from src.reporting.gradcam import cam_cell
 
         if "cam_in_tumour" in t3:
             v["Grad-CAM in tumour / pointing / chance"] = [
                 cam_cell(a, b, c) for a, b, c in zip(t3["cam_in_tumour"], t3["cam_pointing"], t3["cam_chance"])
             ]
-        # --- end gradcam ---
         md.append(_md_table(v, list(v.columns)) + "\n")
         md.append(
             "Slice-level CIs treat slices as independent (as the paper's single-slice analysis); they are "
             "optimistic because slices of one patient are correlated. Patient level uses the aggregated "
             "`pred` of predictions/{split}.csv.\n\n"
         )
-        # --- gradcam (issue #5) ---
+        # Grad-CAM
         md.append(
             "Grad-CAM (testing set, layer4, predicted class): share of the heat map's mass inside the tumour / "
             "share of slices whose heat-map maximum lies in the tumour (pointing game) / chance level = the "
             "tumour's share of the slice area (what both are for an uninformative map); mean over patients "
             "of the per-patient mean over up to 8 lesion slices (docs/gradcam.md).\n\n"
         )
-        # --- end gradcam ---
     _figures(md, figs, (("roc_weak", "Figure 5. ROC curves, weakly supervised models"),
                         ("confusion_weak", "Figure A2. Confusion matrices, weakly supervised, testing set")))
 
-    # --- gradcam (issue #5): Figure 6, one Grad-CAM panel per phase (weak models) ---
+    # Grad-CAM: Figure 6, one Grad-CAM panel per phase (weak models)
     panels = [(k, v) for k, v in figs.items() if k.startswith("gradcam_")]
     if panels:
         md.append("### Figure 6. Grad-CAM heat maps, weakly supervised models (one testing patient per phase)\n\n")
@@ -216,7 +214,6 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str]) -> str:
                   "tumour location.\n\n")
         for key, name in panels:
             md.append(f"![Figure 6, {key[len('gradcam_'):]}]({name})\n\n")
-    # --- end gradcam ---
     md.append("## DeLong tests between phases (paired, patient level)\n\n")
     md.append(_md_table(dl, ["supervision", "split", "phase_a", "phase_b", "n", "auc_a", "auc_b", "z", "p", "note"]))
     md.append("\n## McNemar tests, strongly vs weakly supervised (testing set, patient level)\n\n")
@@ -281,12 +278,11 @@ def write_report(sweep_dir: str | Path) -> Path:
             atomic_write_bytes(out / f"confusion_{sup}.png", c)
             figs[f"confusion_{sup}"] = f"confusion_{sup}.png"
 
-    # --- gradcam (issue #5): Figure 6 panels copied from the weak jobs' gradcam/ folders ---
+    # Grad-CAM: Figure 6 panels copied from the weak jobs' gradcam/ folders
     from src.reporting.gradcam import figure6_panels
 
     for phase, name in figure6_panels(sweep, out, PAPER_PHASE_ORDER).items():
         figs[f"gradcam_{phase}"] = name
-    # --- end gradcam ---
     report = out / "report.md"
     atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs))
     return report

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from src.utils import runtime
 
 log = logging.getLogger(__name__)
-OmegaConf.register_new_resolver("basename", lambda p: Path(str(p)).name, replace=True)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -53,8 +52,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except BaseException:
         runtime.stop_ddp_children(trainer)  # never leave other ranks waiting on a dead job
         raise
-    writer = next(c for c in callbacks if hasattr(c, "metrics") and hasattr(c, "aggregation"))
-    return writer.metrics
+    from src.callbacks.predictions import PredictionWriter
+
+    writer = next((c for c in callbacks if isinstance(c, PredictionWriter)), None)
+    return writer.metrics if writer is not None else {}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -9,6 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+import src  # noqa: F401  (registers the config resolvers)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 SHARED = ROOT.parent / "shared"
@@ -31,6 +33,21 @@ def compose_cfg(overrides: list[str], out_dir: Path, data_root: Path) -> DictCon
         cfg.paths.cache_dir = str(data_root / "cache")
     GlobalHydra.instance().clear()
     return cfg
+
+
+def compose_datamodule(overrides: list[str], root: Path):
+    """The datamodule of a composed config (``experiment=smoke`` first), cohort and cache under ``root``."""
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(["experiment=smoke", *overrides], root / "job", root)
+    return instantiate(cfg.data, _convert_="all")
+
+
+def manifest_datamodule(manifest: Path, root: Path, *overrides: str):
+    """The datamodule of ``data=manifest`` on ``manifest`` (tiny strong ROIs unless overridden)."""
+    return compose_datamodule(["data=manifest", f"data.source.manifest={manifest}", "phase=CMP",
+                               "preprocess.roi_size=[8,8,8]", "preprocess.spacing_mm=4.0", "preprocess.angles=[90]",
+                               "preprocess.train_angles=[90]", "data.split.val_fraction=0.0", *overrides], root)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def test_paper_defaults(tmp_path, data_root):
     assert list(cfg.preprocess.slice_size) == [256, 256]
     assert list(cfg.preprocess.angles) == [30, 60, 90, 180]
     assert cfg.preprocess.spacing_mm == 1.0
-    assert cfg.data.synthetic.n_patients == 306 and round(306 * cfg.data.synthetic.high_fraction) == 141
+    assert cfg.synthetic.n_patients == 306 and round(306 * cfg.synthetic.high_fraction) == 141
     assert cfg.data.split.test_fraction == 0.3
     assert cfg.callbacks.predictions.aggregation.iou_threshold == 0.3
     assert cfg.callbacks.predictions.aggregation.min_consecutive == 4
@@ -36,7 +36,7 @@ def test_paper_defaults(tmp_path, data_root):
 
 def test_seed_zero_is_kept(cfg_factory):
     cfg = cfg_factory("seed=0")
-    assert cfg.seed == 0 and cfg.data.seed == 0 and cfg.data.synthetic.seed == 0
+    assert cfg.seed == 0 and cfg.data.seed == 0 and cfg.synthetic.seed == 0
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_cpu"])
@@ -55,6 +55,7 @@ def test_manifest_data_requires_a_path(cfg_factory):
 
     cfg = cfg_factory("data=manifest")
     with pytest.raises(MissingMandatoryValue):
-        _ = cfg.data.manifest
-    cfg = cfg_factory("data=manifest", "data.manifest=/some/manifest.csv")
-    assert cfg.data.manifest == "/some/manifest.csv"  # a manifest wins over the synthetic cohort
+        _ = cfg.data.source.manifest
+    cfg = cfg_factory("data=manifest", "data.source.manifest=/some/manifest.csv")
+    assert cfg.data.source.manifest == "/some/manifest.csv"
+    assert cfg.data.source._target_ == "src.data.sources.ManifestSource"  # no synthetic cohort behind it

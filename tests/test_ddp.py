@@ -49,7 +49,7 @@ def test_ddp_cpu_six_job_sweep_layout(tmp_path, data_root):
 @pytest.mark.slow
 def test_one_vs_two_processes_identical(cfg_factory, tmp_path, data_root):
     """The same checkpoint evaluated on 1 and on 2 processes, 7 test patients (odd): same predictions."""
-    sizes = ["data.synthetic.n_patients=23", "supervision=weak", "phase=NP"]
+    sizes = ["synthetic.n_patients=23", "supervision=weak", "phase=NP"]
     cfg = cfg_factory(*sizes, out=tmp_path / "single")
     single = train(cfg)
     ckpt = next((tmp_path / "single" / "checkpoints").glob("epoch*.ckpt"))

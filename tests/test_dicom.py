@@ -167,9 +167,9 @@ def test_second_prepare_data_reads_no_dicom(tmp_path, monkeypatch):
     import pandas as pd
 
     import src.data.dicom as dicom
-    from src.data.datamodule import GradeDataModule
     from src.data.io import write_image
     from src.data.synthetic import SyntheticSpec, synth_patient
+    from tests.conftest import manifest_datamodule
 
     spec = SyntheticSpec(n_patients=4, shape=(24, 24, 8))
     rows = []
@@ -184,10 +184,7 @@ def test_second_prepare_data_reads_no_dicom(tmp_path, monkeypatch):
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
 
     def make():
-        return GradeDataModule("CMP", "strong", cache_dir=str(tmp_path / "cache"),
-                               manifest=str(tmp_path / "manifest.csv"),
-                               preprocess={"roi_size": [8, 8, 8], "spacing_mm": 4.0, "angles": [90]},
-                               split={"val_fraction": 0.0})
+        return manifest_datamodule(tmp_path / "manifest.csv", tmp_path)
 
     first = make()
     first.prepare_data()

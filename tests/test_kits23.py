@@ -12,7 +12,6 @@ import pytest
 
 from src.data.io import read_image, to_metatensor
 from src.data.kits23 import (
-    KiTS23DataModule,
     build_kits23_manifest,
     load_table,
     select_cases,
@@ -21,6 +20,7 @@ from src.data.kits23 import (
 from src.data.preprocess import preprocess_weak
 from src.data.validate import check_pair
 from src.errors import InputError
+from tests.conftest import compose_datamodule
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 KITS = SHARED / "data" / "kits23"
@@ -120,8 +120,8 @@ def test_other_phase_and_missing_ct_are_clear_errors(kits_root, tmp_path):
     with pytest.raises(InputError, match="corticomedullary-phase CT only: phase=NP"):
         build_kits23_manifest(kits_root, tmp_path / "cache", phase="NP")
     with pytest.raises(InputError, match="corticomedullary-phase CT only: phase=UP"):
-        KiTS23DataModule(root=str(kits_root), phase="UP", supervision="strong", cache_dir=str(tmp_path))
-    with pytest.raises(InputError, match="no case has imaging.nii.gz .*data.synthetic_imaging=true"):
+        _kits_dm(kits_root, tmp_path, "phase=UP").prepare_data()
+    with pytest.raises(InputError, match="no case has imaging.nii.gz .*data.source.synthetic_imaging=true"):
         build_kits23_manifest(kits_root, tmp_path / "cache", phase="CMP")
     with pytest.raises(InputError, match="kits23.json"):
         load_table(tmp_path)
@@ -146,10 +146,14 @@ def test_lesion_slices_are_the_axial_ones(tmp_path):
     assert [int(m.sum()) for m in masks] == [100, 100, 100]  # 10 x 10 voxels per axial slice
 
 
+def _kits_dm(kits_root, tmp_path, *overrides):
+    return compose_datamodule(["data=kits23", f"data.source.root={kits_root}", "phase=CMP", *overrides], tmp_path)
+
+
 def test_datamodule_on_a_kits_folder(kits_root, tmp_path):
-    dm = KiTS23DataModule(root=str(kits_root), synthetic_imaging=True, phase="CMP", supervision="strong",
-                          cache_dir=str(tmp_path / "cache"), split={"val_fraction": 0.0, "test_fraction": 0.34},
-                          preprocess={"roi_size": [8, 8, 8], "spacing_mm": 4.0, "angles": [90]})
+    dm = _kits_dm(kits_root, tmp_path, "data.source.synthetic_imaging=true", "data.split.val_fraction=0.0",
+                  "data.split.test_fraction=0.34", "preprocess.roi_size=[8,8,8]", "preprocess.angles=[90]",
+                  "preprocess.train_angles=[90]")
     assert dm.tumour_label == 2
     dm.prepare_data()
     dm.setup("fit")

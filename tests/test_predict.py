@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from src.callbacks.aggregation import aggregate_patient
-from src.data.datamodule import GradeDataModule
 from src.data.manifest import Case
+from src.data.preprocess import preprocess_case
 from src.data.synthetic import SyntheticSpec, generate_cohort
 from src.errors import InputError
 from src.predict import predict
@@ -57,11 +57,11 @@ def _direct(ckpt: Path, cohort: Path, pid: str) -> tuple[dict, torch.nn.Module, 
     cfg = OmegaConf.load(ckpt.parent.parent / ".hydra" / "config.yaml")
     net = instantiate(cfg.model.net)
     net.load_state_dict({k[4:]: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items()})
-    dm = GradeDataModule("CMP", cfg.supervision.name, cache_dir=str(cohort / "tmp"),
-                         preprocess=OmegaConf.to_container(cfg.preprocess, resolve=True))
     case = Case(pid, 1, cohort / "images" / f"{pid}_CMP.nii.gz", cohort / "masks" / f"{pid}_mask.nii.gz")
-    arrays = dm._preprocess(case)
-    return arrays, net.eval(), OmegaConf.to_container(cfg.callbacks.predictions.aggregation)
+    arrays = preprocess_case(case, cfg.supervision.name, OmegaConf.to_container(cfg.preprocess, resolve=True))
+    agg = {**OmegaConf.to_container(cfg.callbacks.predictions.aggregation),
+           "threshold": cfg.callbacks.predictions.threshold}
+    return arrays, net.eval(), agg
 
 
 def test_strong_on_nifti_matches_the_network(strong_job, cohort, tmp_path):

@@ -51,7 +51,7 @@ def test_no_dicom_identifier_reaches_outputs(tmp_path, caplog):
 
     out, data = tmp_path / "job", tmp_path / "dataroot"
     cfg = compose_cfg(["experiment=smoke", "supervision=strong", "phase=CMP", "data=manifest",
-                       f"data.manifest={tmp_path / 'in' / 'manifest.csv'}", "trainer.max_epochs=1",
+                       f"data.source.manifest={tmp_path / 'in' / 'manifest.csv'}", "trainer.max_epochs=1",
                        "preprocess.angles=[90]", "preprocess.train_angles=[90]",
                        "model.net.widen_factor=0.125"], out, data)
     with caplog.at_level(logging.DEBUG):

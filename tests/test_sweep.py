@@ -94,7 +94,7 @@ def test_failed_jobs_are_collected_from_the_job_folders(tmp_path, monkeypatch):
 def test_bad_manifest_is_one_line_error(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("patient_id,grade,CMP_image,mask\nP01,7,a.nii.gz,m.nii.gz\n")
-    r = run_cli(["data=manifest", f"data.manifest={manifest}", "experiment=smoke"], tmp_path)
+    r = run_cli(["data=manifest", f"data.source.manifest={manifest}", "experiment=smoke"], tmp_path)
     assert r.returncode == 2
     err = r.stderr[r.stderr.index("error: "):].splitlines()  # validation lists every problem, one line each
     assert any(ln.strip().startswith("patient P01, file ") and "grade '7'" in ln or

@@ -1,4 +1,5 @@
-"""Up-front validation: every bad case reported at once (one line each), or excluded with data.on_invalid=exclude."""
+"""Up-front validation: every bad case reported at once (one line each), or excluded with
+data.validation.on_invalid=exclude."""
 from __future__ import annotations
 
 import logging
@@ -11,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 
 import src.data.io as io
-from src.data.datamodule import GradeDataModule
 from src.data.io import ImageHeader, write_image
 from src.data.synthetic import SyntheticSpec, generate_cohort
 from src.data.validate import GeometryTolerance, check_pair, geometry_problems, validate_manifest
 from src.errors import InputError
+from tests.conftest import manifest_datamodule
 
 SPEC = SyntheticSpec(n_patients=20, shape=(24, 24, 8))
 SP = SPEC.spacing
@@ -135,10 +136,8 @@ def test_cohort_level_problems(cohort, tmp_path, edit, pattern):
     assert any(re.search(pattern, line) for line in report.lines()), report.lines()
 
 
-def _dm(root, tmp_path, **kw):
-    return GradeDataModule("CMP", "strong", cache_dir=str(tmp_path / "cache"), manifest=str(root / "manifest.csv"),
-                           preprocess={"roi_size": [8, 8, 8], "spacing_mm": 4.0, "angles": [90]},
-                           split={"val_fraction": 0.0}, **kw)
+def _dm(root, tmp_path, on_invalid="raise"):
+    return manifest_datamodule(root / "manifest.csv", tmp_path, f"data.validation.on_invalid={on_invalid}")
 
 
 def test_prepare_data_stops_before_writing_anything(cohort, tmp_path):
@@ -149,7 +148,7 @@ def test_prepare_data_stops_before_writing_anything(cohort, tmp_path):
         dm.prepare_data()
     lines = str(exc.value).splitlines()
     assert len(lines) == 1 + len(expected) + 1  # header + one per problem (the duplicate id has two rows)
-    assert "data.on_invalid=exclude" in lines[0]
+    assert "data.validation.on_invalid=exclude" in lines[0]
     assert not list((tmp_path / "cache" / "strong").rglob("*.npy"))  # nothing half-written
 
 

@@ -42,6 +42,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from src.stats.metrics import decide
+
 __all__ = [
     "METHODS",
     "AggregateResult",
@@ -190,14 +192,14 @@ def aggregate_patient(
     """
     idx, p, m = _validate_common(slice_index, probs, masks, method, iou_threshold, min_consecutive, threshold)
     n = idx.shape[0]
-    slice_pred = (p[:, 1] > threshold).astype(np.int64)
+    slice_pred = decide(p[:, 1], threshold).astype(np.int64)
     info: dict[str, Any] = {"method": method, "n_slices": int(n)}
 
     if method == "mean":
         vec = _normalised(p.sum(axis=0))
         prob_high = float(vec[1])
         info["prob_vector"] = [float(vec[0]), prob_high]
-        return AggregateResult(prob_high, int(prob_high > threshold), info)
+        return AggregateResult(prob_high, int(decide(prob_high, threshold)), info)
 
     if method == "vote":
         n_high = int(slice_pred.sum())
@@ -207,7 +209,7 @@ def aggregate_patient(
             pred = int(n_high > n_low)
             decided_by = "majority"
         else:
-            pred = int(mean_high > threshold)
+            pred = int(decide(mean_high, threshold))
             decided_by = "tie_mean_probability"
         info.update(n_high=n_high, n_low=n_low, mean_prob_high=mean_high, decided_by=decided_by)
         return AggregateResult(n_high / n, pred, info)
@@ -267,7 +269,7 @@ def aggregate_patient(
         pred = qualifying[0]
         decided_by = "chain_rule"
     else:
-        pred = int(prob_high > threshold)
+        pred = int(decide(prob_high, threshold))
         decided_by = "total_probability"
 
     info.update(

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from src.callbacks.predictions import TestMetricsContributor
+
 log = logging.getLogger(__name__)
 
 TARGET_LAYER = "layer4"  # on the net; "net.layer4" on the LightningModule
@@ -100,9 +102,14 @@ def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[i
     return np.stack(maps).astype(np.float32), np.stack(probs)
 
 
+_WARNED: set[tuple] = set()
+
+
 def _warn_if_one_voxel(cam, target_layer: str) -> None:
+    """Warn once per process and (layer, map shape) that a layer's map has a single voxel."""
     acts = getattr(cam.nn_module, "activations", {}).get(target_layer)
-    if acts is not None and int(np.prod(acts.shape[2:])) == 1:
+    if acts is not None and int(np.prod(acts.shape[2:])) == 1 and (target_layer, tuple(acts.shape[1:])) not in _WARNED:
+        _WARNED.add((target_layer, tuple(acts.shape[1:])))
         log.warning("%s is a single voxel for this input size: the Grad-CAM map is uniform (no "
                     "localisation); use larger inputs or a smaller stride", target_layer)
 
@@ -317,14 +324,13 @@ def spread(n_items: int, k: int) -> list[int]:
     return sorted(set(np.linspace(0, n_items - 1, k).round().astype(int).tolist()))
 
 
-class GradCamCallback(L.Callback):
+class GradCamCallback(L.Callback, TestMetricsContributor):
     """Grad-CAM figures for a fixed set of patients after validation (every ``every_n_epochs``) and
     test, and (weak model) the localisation score in the test metrics.
 
     Test: figures for ``n_patients`` test patients; the score over ``score_patients`` test patients
-    (None = all) using at most ``max_slices`` lesion slices each. Results reach metrics.json through
-    ``pl_module.extra_test_metrics``, which the PredictionWriter merges: list this callback before
-    the writer (conf/callbacks/default.yaml). Per-slice scores: ``gradcam/test_scores.csv``.
+    (None = all) using at most ``max_slices`` lesion slices each, in ``test_metrics``, which the
+    PredictionWriter adds to metrics.json. Per-slice scores: ``gradcam/test_scores.csv``.
     Rank 0 only; PNGs in ``output_dir``; images logged to a WandbLogger when one is active.
     """
 
@@ -340,16 +346,10 @@ class GradCamCallback(L.Callback):
         self.class_index = None if class_index is None else int(class_index)
         self.target_layer, self.window_z = target_layer, tuple(float(v) for v in window_z)
         self.fig_kw = {"alpha": float(alpha), "cmap": cmap, "dpi": int(dpi)}
-        self.metrics: dict[str, float] = {}
+        self.test_metrics: dict[str, float] = {}
         self.written: list[Path] = []
 
     # ------------------------------------------------------------ hooks
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        names = [type(c).__name__ for c in trainer.callbacks]
-        if "PredictionWriter" in names and names.index("PredictionWriter") < names.index(type(self).__name__):
-            log.warning("GradCamCallback runs after PredictionWriter: test_cam_* will not reach metrics.json "
-                        "(list gradcam before predictions in the callbacks config)")
-
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (not self.on_validation or self.every_n_epochs <= 0 or trainer.sanity_checking
                 or not trainer.is_global_zero or (trainer.current_epoch + 1) % self.every_n_epochs):
@@ -362,10 +362,7 @@ class GradCamCallback(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.on_test or not trainer.is_global_zero:
             return
-        self.metrics = self.run(trainer, pl_module, "test", prefix="test", score_all=True)
-        extra = dict(getattr(pl_module, "extra_test_metrics", None) or {})
-        extra.update(self.metrics)
-        pl_module.extra_test_metrics = extra
+        self.test_metrics = self.run(trainer, pl_module, "test", prefix="test", score_all=True)
 
     # ------------------------------------------------------------ work
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, prefix: str,
@@ -428,7 +425,7 @@ class GradCamCallback(L.Callback):
         if rows and split == "test":
             import pandas as pd
 
-            from src.callbacks.predictions import atomic_write_csv
+            from src.utils.atomic import atomic_write_csv
 
             atomic_write_csv(self.output_dir / "test_scores.csv", pd.DataFrame(rows).drop(columns="patient"))
         if metrics:

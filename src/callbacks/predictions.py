@@ -1,8 +1,11 @@
 """Test-time predictions -> CSV files and metrics.json (rank 0), and the test metrics to the logger.
 
-At the end of the test pass the callback gathers every process's predictions (with their patient
-and slice ids), drops any duplicate (patient, slice) pair, aggregates slices to patients for the
-weak model, scores each evaluation set with ``src.stats`` and writes, in the job folder:
+The callback collects what ``GradeModule.test_step`` returns for every batch (``on_test_batch_end``).
+At the end of the test epoch it gathers every process's predictions (with their patient and slice
+ids), drops any duplicate (patient, slice) pair, aggregates slices to patients for the weak model and
+scores each evaluation set with ``src.stats``. When the test pass ends (after every callback's
+epoch-end hook, whatever their order) it adds the metrics of callbacks that contribute test metrics
+(:class:`TestMetricsContributor`, e.g. Grad-CAM's localisation score) and writes, in the job folder:
 
 - ``predictions/{set}.csv``: ``patient_id,label,prob_high,pred`` (patient level);
 - weak: ``predictions/{set}_slices.csv``: ``patient_id,slice_index,label,prob_high``;
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
@@ -25,6 +29,12 @@ import torch
 from src.utils.atomic import atomic_write_csv, atomic_write_text
 
 log = logging.getLogger(__name__)
+
+
+class TestMetricsContributor:
+    """A callback whose ``test_metrics`` (set in its test hooks) go into metrics.json and the loggers."""
+
+    test_metrics: dict[str, float]
 
 
 def score(labels: np.ndarray, prob_high: np.ndarray, pred: np.ndarray, prefix: str) -> dict[str, float]:
@@ -66,16 +76,25 @@ def gather_outputs(outputs: list[dict[str, torch.Tensor]]) -> pd.DataFrame:
 
 
 class PredictionWriter(L.Callback):
-    def __init__(self, output_dir: str, aggregation: dict | None = None, meta: dict | None = None):
+    """``threshold``: the decision threshold on P(high) (``src.stats.decide``); ``aggregation``: the weak
+    model's slice -> patient rule (``src.callbacks.aggregation.aggregate_patient``); ``meta``: written
+    into metrics.json as they are (phase, supervision, seed)."""
+
+    def __init__(self, output_dir: str, threshold: float, aggregation: dict, meta: dict | None = None):
         self.output_dir = Path(output_dir)
+        self.threshold = float(threshold)
+        self.aggregation = dict(aggregation)
         self.meta = dict(meta or {})
-        self.aggregation = {"method": "chain", "iou_threshold": 0.3, "min_consecutive": 4, **(aggregation or {})}
+        self.outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
+        self.frames: dict[str, pd.DataFrame] = {}
         self.metrics: dict[str, float] = {}
 
     def _patients(self, df: pd.DataFrame, dm) -> pd.DataFrame:
+        from src.stats import decide
+
         if (df["slice"] < 0).all():  # strong: one row per patient already
             out = df[["patient", "label", "p_high"]].rename(columns={"p_high": "prob_high"})
-            out["pred"] = (out["prob_high"] > 0.5).astype(int)
+            out["pred"] = decide(out["prob_high"], self.threshold)
             return out
         from src.callbacks.aggregation import aggregate_patient
 
@@ -83,18 +102,25 @@ class PredictionWriter(L.Callback):
         for pid, g in df.groupby("patient", sort=True):
             masks = np.stack([dm.slice_mask(pid, int(z)) for z in g["slice"]])
             res = aggregate_patient(g["slice"].to_numpy(), g[["p_low", "p_high"]].to_numpy(), masks,
-                                    **self.aggregation)
+                                    threshold=self.threshold, **self.aggregation)
             rows.append({"patient": pid, "label": int(g["label"].iloc[0]), "prob_high": res.prob_high,
                          "pred": int(res.pred)})
         return pd.DataFrame(rows)
 
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.outputs.clear()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.outputs[dataloader_idx].append(outputs)
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from src.stats import decide
+
         dm = trainer.datamodule
-        names = dm.test_set_names()
         metrics: dict[str, float] = {}
         frames: dict[str, pd.DataFrame] = {}
-        for idx, name in enumerate(names):
-            df = gather_outputs(pl_module.eval_outputs.get(idx, []))
+        for idx, name in enumerate(dm.test_set_names()):
+            df = gather_outputs(self.outputs.get(idx, []))
             if df.empty:
                 continue
             patients = self._patients(df, dm)
@@ -107,22 +133,27 @@ class PredictionWriter(L.Callback):
                                        "slice_index": df["slice"], "label": df["label"], "prob_high": df["p_high"]})
                 frames[f"{name}_slices"] = slices
                 metrics.update(score(df["label"].to_numpy(), df["p_high"].to_numpy(),
-                                     (df["p_high"] > 0.5).astype(int).to_numpy(), f"{name}_slice"))
-        # --- gradcam (issue #5): metrics other callbacks computed earlier in this test epoch ---
-        metrics.update(getattr(pl_module, "extra_test_metrics", None) or {})
-        # --- end gradcam ---
-        self.metrics = metrics
+                                     decide(df["p_high"], self.threshold), f"{name}_slice"))
+        self.outputs.clear()
+        self.frames, self.metrics = frames, metrics
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for cb in trainer.callbacks:
+            if isinstance(cb, TestMetricsContributor):
+                self.metrics.update(cb.test_metrics)
+        metrics = self.metrics
         loggable = {k: v for k, v in metrics.items() if np.isfinite(v)}
         for logger in trainer.loggers if trainer.is_global_zero else []:
             logger.log_metrics(loggable, step=trainer.global_step)
-        if trainer.is_global_zero:
-            for fname, frame in frames.items():
-                atomic_write_csv(self.output_dir / "predictions" / f"{fname}.csv", frame, float_format="%.10g")
-            if hasattr(dm, "cohort_table"):
-                atomic_write_csv(self.output_dir / "cohort.csv", dm.cohort_table(), float_format="%.10g")
-            summary = {**self.meta, **metrics}
-            if any(name.endswith("_slices") for name in frames):
-                summary["aggregation"] = self.aggregation["method"]
-            atomic_write_text(self.output_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-            log.info("test: %s", ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
-                                           if k.startswith("test_") and not k.endswith(("_low", "_high"))))
+        if not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        for fname, frame in self.frames.items():
+            atomic_write_csv(self.output_dir / "predictions" / f"{fname}.csv", frame, float_format="%.10g")
+        atomic_write_csv(self.output_dir / "cohort.csv", dm.cohort_table(), float_format="%.10g")
+        summary = {**self.meta, **metrics}
+        if any(name.endswith("_slices") for name in self.frames):
+            summary["aggregation"] = self.aggregation["method"]
+        atomic_write_text(self.output_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        log.info("test: %s", ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
+                                       if k.startswith("test_") and not k.endswith(("_low", "_high"))))

@@ -1,4 +1,5 @@
-"""On-disk cache of preprocessed arrays, keyed by the inputs and the preprocessing config.
+"""On-disk cache of preprocessed arrays, keyed by the inputs and the preprocessing config, and the
+pass that fills it (:class:`PreprocessCache`).
 
 A key is the SHA-256 of: the image and mask fingerprints (resolved path, size, mtime), the phase,
 the preprocessing parameters and ``CACHE_VERSION``. Change any of them and the entry is rebuilt;
@@ -20,9 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-# 3: strong ROIs of volumes stored with permuted axes (KiTS: slice axis first) fixed, context now per stored axis;
-# 2: folder of .npy files (memory-mapped); 1 was one .npz per entry
-CACHE_VERSION = 3
+CACHE_VERSION = 3  # part of every key: bump it when what preprocessing writes changes
 
 
 def fingerprint(path: str | os.PathLike) -> list:
@@ -70,3 +69,55 @@ class ArrayCache:
         except OSError:  # another process wrote the same entry first (non-empty target): keep it
             shutil.rmtree(tmp, ignore_errors=True)
         return path
+
+
+class PreprocessCache:
+    """The preprocessed cases of one phase and supervision: ``root/<supervision>/`` entries keyed by
+    :meth:`key`, filled by :meth:`fill` (in this process or in worker processes)."""
+
+    def __init__(self, root: str | os.PathLike, phase: str, supervision: str, params: dict,
+                 tumour_label: int | None = None):
+        self.phase, self.supervision, self.tumour_label = phase, supervision, tumour_label
+        self.params = dict(params)
+        self.arrays = ArrayCache(Path(root) / supervision)
+
+    def key(self, case) -> str:
+        params = {"supervision": self.supervision, "tumour_label": self.tumour_label, **self.params}
+        return make_key(fingerprint(case.image), fingerprint(case.mask), self.phase, params)
+
+    def __contains__(self, case) -> bool:
+        return self.key(case) in self.arrays
+
+    def load(self, case) -> dict[str, np.ndarray]:
+        """The case's arrays, memory-mapped (nothing is read until used)."""
+        return self.arrays.load(self.key(case))
+
+    def compute(self, case) -> dict[str, np.ndarray]:
+        from src.data.preprocess import preprocess_case
+
+        return preprocess_case(case, self.supervision, self.params, self.tumour_label)
+
+    def fill(self, cases: list, workers: int = 0) -> tuple[int, int]:
+        """Preprocess every case not yet cached; return (computed, already cached). With ``workers`` > 1
+        in that many spawned processes (no forked OpenMP state; one thread each; the first error stops)."""
+        todo = [(case, key) for case in cases if (key := self.key(case)) not in self.arrays]
+        n = min(int(workers), len(todo))
+        if n <= 1:
+            for case, key in todo:
+                self.arrays.save(key, self.compute(case))
+        else:
+            from src.utils.pool import process_pool
+
+            with process_pool(n) as pool:
+                for _ in pool.map(_fill_one, [(self, case, key) for case, key in todo], chunksize=1):
+                    pass
+        return len(todo), len(cases) - len(todo)
+
+
+def _fill_one(args) -> None:
+    """Worker process: preprocess one case into the cache (module level: picklable for a pool)."""
+    import torch
+
+    cache, case, key = args
+    torch.set_num_threads(1)
+    cache.arrays.save(key, cache.compute(case))

@@ -1,6 +1,6 @@
 """KiTS23 adapter: a KiTS23 folder -> a manifest CSV (absolute paths) in the cache, nothing else changes.
 
-``python -m src.train data=kits23 data.root=PATH`` where ``PATH/dataset/kits23.json`` is the
+``python -m src.train data=kits23 data.source.root=PATH`` where ``PATH/dataset/kits23.json`` is the
 challenge's clinical table and ``PATH/dataset/case_XXXXX/{imaging,segmentation}.nii.gz`` the cases.
 
 Selection: clear-cell RCC (``tumor_histologic_subtype == "clear_cell_rcc"``) with an ISUP grade
@@ -10,7 +10,7 @@ corticomedullary only: any phase but CMP is an error. Clinical columns: ``age``
 (``age_at_nephrectomy``), ``sex`` (``gender``: male -> M, female -> F, otherwise empty),
 ``diameter_cm`` (``radiographic_size``), ``site`` = KiTS23.
 
-SYNTHETIC INTENSITIES (``data.synthetic_imaging=true``): the KiTS23 CT volumes are distributed
+SYNTHETIC INTENSITIES (``data.source.synthetic_imaging=true``): the KiTS23 CT volumes are distributed
 separately. For demos and tests, :func:`synthesize_kits_imaging` writes an ``imaging.nii.gz`` with
 the segmentation's exact NIfTI header (same array axes, affine, sform/qform codes) and HU planted
 from the labels, the tumour's by grade with the constants of ``src/data/synthetic.py`` (CMP: low
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.datamodule import GradeDataModule
+from src.data.manifest import parse_grade
 from src.errors import InputError
 from src.utils.atomic import atomic_write_csv
 
@@ -58,20 +58,11 @@ def load_table(root: str | Path) -> list[dict]:
     return table
 
 
-def isup_grade(value) -> int | None:
-    """'1'..'4' (or 1..4) -> int; 'na', null and anything else -> None."""
-    try:
-        g = int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-    return g if g in (1, 2, 3, 4) else None
-
-
 def select_cases(table: list[dict]) -> list[dict]:
     """Clear-cell RCC cases with an ISUP grade, as manifest rows (without paths)."""
     rows = []
     for rec in table:
-        grade = isup_grade(rec.get("tumor_isup_grade"))
+        grade = parse_grade(rec.get("tumor_isup_grade"))
         if rec.get("tumor_histologic_subtype") != "clear_cell_rcc" or grade is None:
             continue
         size = rec.get("radiographic_size")
@@ -129,7 +120,7 @@ def build_kits23_manifest(root: str | Path, cache_dir: str | Path, phase: str = 
                          path=str(data))
     if not synthetic_imaging and not any((data / r["patient_id"] / "imaging.nii.gz").exists() for r in present):
         raise InputError("no case has imaging.nii.gz (KiTS23 distributes the CT separately); add the CT, or set "
-                         "data.synthetic_imaging=true to plant SYNTHETIC intensities for a demo", path=str(data))
+                         "data.source.synthetic_imaging=true to plant SYNTHETIC intensities for a demo", path=str(data))
     rows = []
     for i, r in enumerate(present):
         case = data / r["patient_id"]
@@ -162,12 +153,6 @@ def _bbox(mask: np.ndarray, margin=0) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _smooth(shape, sigma_vox, rng) -> np.ndarray:
-    from src.data.synthetic import _smooth_field
-
-    return _smooth_field(shape, sigma_vox, rng)
-
-
 def synthesize_kits_imaging(case_dir: str | Path, seed: int = 0, grade: int | None = None,
                             out: str | Path | None = None, noise_hu: float = 12.0) -> Path:
     """Write a SYNTHETIC CMP ``imaging.nii.gz`` for a KiTS23 case from its segmentation.
@@ -180,14 +165,14 @@ def synthesize_kits_imaging(case_dir: str | Path, seed: int = 0, grade: int | No
     """
     import nibabel as nib
 
-    from src.data.synthetic import KIDNEY_HU, NECROSIS_HU, TEXTURE_HU, TUMOUR_HU
+    from src.data.synthetic import KIDNEY_HU, NECROSIS_HU, TEXTURE_HU, TUMOUR_HU, smooth_field
 
     case_dir = Path(case_dir)
     seg_path = case_dir / "segmentation.nii.gz"
     out = Path(out) if out is not None else case_dir / "imaging.nii.gz"
     if grade is None:
         table = {r["case_id"]: r for r in json.loads((case_dir.parent / "kits23.json").read_text(encoding="utf-8"))}
-        grade = isup_grade(table.get(case_dir.name, {}).get("tumor_isup_grade"))
+        grade = parse_grade(table.get(case_dir.name, {}).get("tumor_isup_grade"))
         if grade is None:
             raise InputError("case has no ISUP grade in kits23.json", case_dir.name, str(case_dir))
     nii = nib.load(str(seg_path))
@@ -209,7 +194,7 @@ def synthesize_kits_imaging(case_dir: str | Path, seed: int = 0, grade: int | No
     vol += np.float32(BACKGROUND_HU)
     kidney = s == KIDNEY_LABEL
     if kidney.any():
-        cortex = _smooth(s.shape, np.maximum(6.0 / sp, 0.5), rng) > -0.3
+        cortex = smooth_field(s.shape, np.maximum(6.0 / sp, 0.5), rng) > -0.3
         kv = np.where(cortex, KIDNEY_HU["CMP"][0], KIDNEY_HU["CMP"][1]).astype(np.float32)
         vol[kidney] += (kv - BACKGROUND_HU)[kidney]
     vol[s == CYST_LABEL] += np.float32(CYST_HU - BACKGROUND_HU)
@@ -220,13 +205,13 @@ def synthesize_kits_imaging(case_dir: str | Path, seed: int = 0, grade: int | No
         shape = t.shape
         mu_lo, mu_hi, jitter = TUMOUR_HU["CMP"]
         mu = (mu_hi if high else mu_lo) + rng.normal(0, jitter)
-        texture = _smooth(shape, np.maximum(3.0 / sp, 0.5), rng)
+        texture = smooth_field(shape, np.maximum(3.0 / sp, 0.5), rng)
         # normalised distance from the tumour's centroid (mm), for central necrosis
         centre = np.argwhere(t).mean(0)
         grids = np.meshgrid(*[(np.arange(n) - c) * d for n, c, d in zip(shape, centre, sp)], indexing="ij")
         dist = np.sqrt(sum(g**2 for g in grids))
         dist /= max(float(dist[t].max()), 1e-6)
-        nec_field = _smooth(shape, np.maximum(6.0 / sp, 0.5), rng) - 1.5 * dist
+        nec_field = smooth_field(shape, np.maximum(6.0 / sp, 0.5), rng) - 1.5 * dist
         nec_frac = float(np.clip(rng.beta(2, 8) if high else rng.beta(1, 30), 0, 0.6))
         if grade == 4:
             nec_frac = min(0.6, nec_frac * 1.5)
@@ -253,13 +238,17 @@ def synthesize_kits_imaging(case_dir: str | Path, seed: int = 0, grade: int | No
     return out
 
 
-class KiTS23DataModule(GradeDataModule):
-    """``data=kits23``: the datamodule on a KiTS23 folder (``root``), CMP only, tumour label 2."""
+class KiTS23Source:
+    """``data=kits23``: a KiTS23 folder (``root``) as a cohort source (CMP only, tumour label 2)."""
 
-    def __init__(self, root: str, synthetic_imaging: bool = False, synthetic_seed: int = 0, **kwargs):
+    def __init__(self, root: str, synthetic_imaging: bool = False, synthetic_seed: int = 0):
         if not root:
-            raise InputError("data.root is not set (the folder holding dataset/kits23.json)")
-        check_phase(kwargs.get("phase", PHASE), root)
-        kwargs.setdefault("tumour_label", TUMOUR_LABEL)
-        super().__init__(kits23_root=str(root), kits23={"synthetic_imaging": bool(synthetic_imaging),
-                                                        "synthetic_seed": int(synthetic_seed)}, **kwargs)
+            raise InputError("data.source.root is not set (the folder holding dataset/kits23.json)")
+        self.root = str(root)
+        self.options = {"synthetic_imaging": bool(synthetic_imaging), "synthetic_seed": int(synthetic_seed)}
+
+    def locate(self, cache_dir: str | Path) -> Path:
+        return kits23_manifest_path(self.root, cache_dir, **self.options)
+
+    def prepare(self, phase: str, cache_dir: str | Path, workers: int = 0) -> Path:
+        return build_kits23_manifest(self.root, cache_dir, phase=phase, **self.options)

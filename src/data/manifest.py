@@ -1,23 +1,44 @@
-"""The manifest: the CSV contract between a cohort on disk and the framework.
+"""The manifest: the CSV contract between a cohort on disk and the framework, and its one parser.
 
 Columns
 - ``patient_id`` (unique), ``grade`` (WHO/ISUP 1-4; label = 1 "high" for 3-4, 0 "low" for 1-2);
-- per phase ``UP_image``, ``CMP_image``, ``NP_image`` (a NIfTI/NRRD/MHA file or a DICOM folder);
-- either one ``mask`` column (shared by all phases) or per phase ``UP_mask``, ``CMP_mask``, ``NP_mask``;
+- per phase ``<PHASE>_image`` (a NIfTI/NRRD/MHA file or a DICOM folder), e.g. ``UP_image``,
+  ``CMP_image``, ``NP_image``; a phase is any name with such a column (``conf/phase/<PHASE>.yaml``);
+- either one ``mask`` column (shared by all phases) or per phase ``<PHASE>_mask``;
 - optional ``split`` (train/test), ``site``, and clinical ``age``, ``sex``, ``diameter_cm``.
 Paths are relative to the manifest's folder (absolute paths are kept as they are).
+
+:func:`parse_rows` applies every row rule once; loading (:func:`cases_for_phase`, which stops at
+the first problem) and validation (``src/data/validate.py``, which lists them all) both use it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from src.errors import InputError
 
-PHASES = ("UP", "CMP", "NP")
+PHASES = ("UP", "CMP", "NP")  # the paper's phases (conf/phase/; a manifest may add others, e.g. EP)
+SUPERVISIONS = ("strong", "weak")  # strong: 3D tumour ROI; weak: every lesion slice (conf/supervision/)
 SPLITS = ("train", "test")
+GRADES = (1, 2, 3, 4)
+HIGH_GRADE_MIN = 3  # label 1 ("high") for WHO/ISUP 3-4, 0 ("low") for 1-2
+
+
+def parse_grade(value) -> int | None:
+    """A WHO/ISUP grade 1-4 from text or a number ('2', 2, '2.0'); anything else (na, 5, 2.5) -> None."""
+    try:
+        f = float(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f in GRADES else None
+
+
+def grade_label(grade: int) -> int:
+    """1 for high grade (3-4), 0 for low grade (1-2)."""
+    return int(grade >= HIGH_GRADE_MIN)
 
 
 @dataclass(frozen=True)
@@ -31,13 +52,24 @@ class Case:
 
     @property
     def label(self) -> int:
-        return int(self.grade >= 3)
+        return grade_label(self.grade)
 
 
-def check_phase(phase: str) -> str:
-    if phase not in PHASES:
-        raise InputError(f"unknown phase '{phase}' (expected one of {', '.join(PHASES)})")
-    return phase
+@dataclass
+class Row:
+    """One manifest row for one phase, with every rule-level problem of that row (message, file)."""
+
+    line: int                      # CSV line number (header is line 1)
+    patient_id: str
+    grade: int | None
+    image: Path | None
+    mask: Path | None
+    split: str = ""
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (message, file)
+
+    @property
+    def case(self) -> Case:
+        return Case(self.patient_id, self.grade, self.image, self.mask)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -55,54 +87,72 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def _resolve(root: Path, value: str) -> Path:
+def resolve_path(root: Path, value: str) -> Path:
+    """A manifest path: relative to the manifest's folder unless absolute."""
     p = Path(value)
     return p if p.is_absolute() else root / p
 
 
-def cases_for_phase(manifest: str | Path, phase: str, check_files: bool = True) -> list[Case]:
-    """Cases of one phase, in manifest order. Raises InputError on the first bad row."""
-    check_phase(phase)
-    manifest = Path(manifest)
-    df = read_manifest(manifest)
-    root = manifest.parent
+def phase_columns(df: pd.DataFrame, phase: str, manifest: Path) -> tuple[str, str]:
+    """(image column, mask column) of ``phase``; InputError when the manifest lacks one."""
     img_col = f"{phase}_image"
     mask_col = f"{phase}_mask" if f"{phase}_mask" in df.columns else "mask"
-    for col in (img_col, mask_col):
-        if col not in df.columns:
-            raise InputError(f"manifest has no column '{col}' needed for phase {phase}", path=str(manifest))
-    seen: set[str] = set()
-    cases = []
-    for _, row in df.iterrows():
-        pid = row["patient_id"].strip()
-        if not pid:
-            raise InputError("empty patient_id", path=str(manifest))
-        if pid in seen:
-            raise InputError("duplicate patient_id", pid, str(manifest))
-        seen.add(pid)
-        try:
-            grade = int(float(row["grade"]))
-            if grade != float(row["grade"]):
-                raise ValueError
-        except ValueError:
-            grade = None
-        if grade not in (1, 2, 3, 4):
-            raise InputError(f"grade '{row['grade']}' is not a WHO/ISUP grade 1-4", pid, str(manifest))
-        if not row[img_col].strip():
-            raise InputError(f"no {phase} image (column {img_col} is empty)", pid, str(manifest))
-        if not row[mask_col].strip():
-            raise InputError(f"no mask (column {mask_col} is empty)", pid, str(manifest))
-        image, mask = _resolve(root, row[img_col].strip()), _resolve(root, row[mask_col].strip())
-        if check_files:
-            for p in (image, mask):
-                if not p.exists():
-                    raise InputError("file not found", pid, str(p))
-        split = row.get("split", "").strip().lower() if "split" in df.columns else ""
-        if split and split not in SPLITS:
-            raise InputError(f"split '{split}' is not one of {SPLITS}", pid, str(manifest))
-        cases.append(Case(pid, grade, image, mask))
-    if not cases:
+    missing = [c for c in (img_col, mask_col) if c not in df.columns]
+    if missing:
+        raise InputError(f"manifest lacks column(s) {', '.join(missing)} needed for phase {phase}", path=str(manifest))
+    return img_col, mask_col
+
+
+def parse_rows(manifest: str | Path, phase: str) -> list[Row]:
+    """Every row of the manifest for ``phase``, in manifest order, each with its rule-level problems
+    (id, grade, split, empty paths). Raises InputError for what concerns the whole file (unreadable,
+    a missing column, no rows). Files are not touched."""
+    manifest = Path(manifest)
+    df = read_manifest(manifest)
+    img_col, mask_col = phase_columns(df, phase, manifest)
+    if not len(df):
         raise InputError("manifest has no rows", path=str(manifest))
+    ids = [str(v).strip() for v in df["patient_id"]]
+    counts = pd.Series(ids).value_counts().to_dict()
+    rows = []
+    for line, (pid, (_, rec)) in enumerate(zip(ids, df.iterrows()), start=2):
+        row = Row(line, pid, parse_grade(rec["grade"]), None, None)
+        where = str(manifest)
+        if not pid:
+            row.problems.append(("empty patient_id", where))
+            rows.append(row)
+            continue
+        if counts[pid] > 1:
+            row.problems.append((f"duplicate patient_id ({counts[pid]} rows)", where))
+        if row.grade is None:
+            row.problems.append((f"grade '{rec['grade']}' is not a WHO/ISUP grade 1-4", where))
+        split = str(rec["split"]).strip().lower() if "split" in df.columns else ""
+        if split and split not in SPLITS:
+            row.problems.append((f"split '{split}' is not one of {SPLITS}", where))
+        else:
+            row.split = split
+        for col, what, attr in ((img_col, f"{phase} image", "image"), (mask_col, "mask", "mask")):
+            value = str(rec[col]).strip()
+            if value:
+                setattr(row, attr, resolve_path(manifest.parent, value))
+            else:
+                row.problems.append((f"no {what} (column {col} is empty)", where))
+        rows.append(row)
+    return rows
+
+
+def cases_for_phase(manifest: str | Path, phase: str, check_files: bool = True) -> list[Case]:
+    """Cases of one phase, in manifest order. Raises InputError on the first bad row."""
+    cases = []
+    for row in parse_rows(manifest, phase):
+        if row.problems:
+            message, path = row.problems[0]
+            raise InputError(message, row.patient_id or None, path)
+        if check_files:
+            for p in (row.image, row.mask):
+                if not p.exists():
+                    raise InputError("file not found", row.patient_id, str(p))
+        cases.append(row.case)
     return cases
 
 

@@ -38,6 +38,9 @@ from monai.transforms import (
     SpatialCrop,
 )
 
+from src.data.manifest import SUPERVISIONS
+from src.errors import InputError
+
 KEYS = ("image", "mask")
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # affines are RAS (see src/data/io.py)
 
@@ -355,3 +358,32 @@ def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = Non
         "masks": np.packbits(msk, axis=-1),
         "slice_index": d["slice_index"] + offset,
     }
+
+
+def check_supervision(supervision: str) -> str:
+    if supervision not in SUPERVISIONS:
+        raise InputError(f"unknown supervision '{supervision}' (expected {' or '.join(SUPERVISIONS)})")
+    return supervision
+
+
+def preprocess_case(case, supervision: str, params: Mapping, tumour_label: int | None = None) -> dict[str, np.ndarray]:
+    """Read one case's image and mask and preprocess them for ``supervision`` with the ``preprocess``
+    config group ``params`` (every key it uses is required: the config is where the numbers live).
+
+    Geometry and finiteness are checked by ``src/data/validate.py`` before a case gets here; the
+    SimpleITK images go in as read (the pipelines crop them to what the case needs before any copy).
+    """
+    from src.data.io import read_image
+
+    image, mask = read_image(case.image, case.patient_id), read_image(case.mask, case.patient_id)
+    try:
+        if supervision == "strong":
+            return preprocess_strong(image, mask, size=params["roi_size"], margin_mm=params["margin_mm"],
+                                     cube=params["cube"], angles=params["angles"], tumour_label=tumour_label,
+                                     target_spacing=(float(params["spacing_mm"]),) * 3)
+        return preprocess_weak(image, mask, size=params["slice_size"], tumour_label=tumour_label,
+                               min_voxels=params["min_tumour_voxels"])
+    except ValueError as exc:
+        if "empty tumour mask" in str(exc):
+            raise InputError("mask contains no tumour", case.patient_id, str(case.mask)) from None
+        raise

@@ -37,8 +37,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from src.data.io import write_image
+from src.data.manifest import PHASES  # the generator writes every one of the paper's phases
 
-PHASES = ("UP", "CMP", "NP")
 GENERATOR_VERSION = 2  # bump whenever what is generated changes (part of the cohort folder key)
 
 # Mean tumour HU per phase for (low grade, high grade) and per-patient jitter (SD).
@@ -82,7 +82,7 @@ def grades_for(n: int, high_fraction: float, rng: np.random.Generator) -> np.nda
     return grades
 
 
-def _smooth_field(shape, sigma_vox, rng) -> np.ndarray:
+def smooth_field(shape, sigma_vox, rng) -> np.ndarray:
     """Zero-mean, unit-SD smooth random field."""
     f = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox, mode="wrap")
     return (f - f.mean()) / (f.std() + 1e-6)
@@ -150,14 +150,14 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
                  + ((bz - tum_c[2]) / axes_t[2]) ** 2)
     bshape = tr.shape
     sig = np.maximum(8.0 / sp, 0.5)  # ~8 mm correlation length
-    lobes = _smooth_field(bshape, sig, rng)
+    lobes = smooth_field(bshape, sig, rng)
     tumour = tr < (1.0 + (0.10 if high else 0.06) * lobes)
     if not tumour.any():  # tiny volumes: keep at least the centre voxel
         c = tuple(int(np.argmin(np.abs(ax - tc))) for ax, tc in zip((xs, ys, zs), tum_c))
         tumour = np.zeros(bshape, bool)
         tumour[tuple(ci - b_.start for ci, b_ in zip(c, box))] = True
-    texture = _smooth_field(bshape, np.maximum(3.0 / sp, 0.5), rng)
-    nec_field = _smooth_field(bshape, np.maximum(6.0 / sp, 0.5), rng) - 1.5 * tr  # central necrosis
+    texture = smooth_field(bshape, np.maximum(3.0 / sp, 0.5), rng)
+    nec_field = smooth_field(bshape, np.maximum(6.0 / sp, 0.5), rng) - 1.5 * tr  # central necrosis
     nec_frac = float(np.clip(rng.beta(1.5, 10) if high else rng.beta(1, 25), 0, 0.6))
     if grade == 4:
         nec_frac = min(0.6, nec_frac * 1.5)

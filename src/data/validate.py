@@ -15,7 +15,7 @@ headers); pixel data only for pairs not yet in the preprocessing cache (``is_cac
 passed once is recorded under ``<cache_dir>/validation/`` keyed by the files' fingerprints (path,
 size, mtime), so an unchanged cohort is not read again at all (a second run reads no DICOM).
 
-:func:`validate_datamodule_cohort` is what ``GradeDataModule.prepare_data`` calls first:
+:func:`validate_cohort` is what ``GradeDataModule.prepare_data`` calls first:
 ``on_invalid=raise`` (default) stops with the list (``InputError``, one line per problem);
 ``on_invalid=exclude`` drops the bad patients, logs how many and why, and writes the remaining rows
 (absolute paths) to :func:`cleaned_manifest_path`, which the datamodule then reads.
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from src.data.manifest import grade_label, read_manifest
 from src.errors import InputError
 from src.utils.atomic import atomic_write_csv, atomic_write_text
 
@@ -207,115 +208,64 @@ def validate_manifest(manifest: str | Path, phase: str, tumour_label: int | None
 
     ``is_cached(case) -> bool``: the pair is in the preprocessing cache (then only headers are read).
     ``record_dir``: where passing pairs are recorded (skipped entirely next time).
+    ``split``: the split fractions (``test_fraction``, ``val_fraction``) the training will use.
     ``workers``: threads reading image/mask pairs (decompression and pixel checks release the GIL);
     problems are reported in manifest order whatever the number.
     The class-presence check uses the rows that pass when ``exclude`` is set, else every row with a
     valid id and grade (the split the training would see either way).
     """
-    from src.data.manifest import PHASES, SPLITS, Case, _resolve, read_manifest
+    from src.data.manifest import parse_rows
 
     tol = tol or GeometryTolerance()
     manifest = Path(manifest)
     report = ValidationReport(manifest, phase)
-    if phase not in PHASES:
-        report.cohort_problems.append(Problem(None, None, f"unknown phase '{phase}' (expected one of {PHASES})"))
-        return report
     try:
-        df = read_manifest(manifest)
+        rows = parse_rows(manifest, phase)
     except InputError as exc:
-        report.cohort_problems.append(Problem(None, str(manifest), _bare(exc)))
+        report.cohort_problems.append(Problem(None, exc.path, _bare(exc)))
         return report
-    img_col = f"{phase}_image"
-    mask_col = f"{phase}_mask" if f"{phase}_mask" in df.columns else "mask"
-    missing = [c for c in (img_col, mask_col) if c not in df.columns]
-    if missing:
-        report.cohort_problems.append(Problem(None, str(manifest), f"manifest lacks column(s) {', '.join(missing)} "
-                                              f"needed for phase {phase}"))
-        return report
-    report.n_rows = len(df)
-    if not len(df):
-        report.cohort_problems.append(Problem(None, str(manifest), "manifest has no rows"))
-        return report
-    ids = [str(v).strip() for v in df["patient_id"]]
-    counts = collections.Counter(ids)
-    root = manifest.parent
+    report.n_rows = len(rows)
     record_dir = Path(record_dir) if record_dir is not None else None
-    labels: dict[str, int] = {}
-    splits: dict[str, str] = {}
-    bad: set[str] = set()
-    row_problems: list[list[Problem]] = []  # per row, flattened in manifest order at the end
-    pending: list[tuple] = []  # image/mask pairs to read: (row index, pid, image, mask, cached, record key)
-    for row_no, (pid, (_, row)) in enumerate(zip(ids, df.iterrows()), start=2):  # CSV line numbers
-        row_problems.append([])
-
-        def add(message, path=str(manifest), pid=pid, row_no=row_no, into=row_problems[-1]):
-            into.append(Problem(pid or f"(row {row_no})", path, message))
-            bad.add(pid)
-
-        if not pid:
-            add("empty patient_id")
+    row_problems = [[Problem(r.patient_id or f"(row {r.line})", path, message) for message, path in r.problems]
+                    for r in rows]
+    pending: list[tuple] = []  # image/mask pairs to read: (row index, row, cached, record key)
+    for i, row in enumerate(rows):
+        if not row.patient_id or row.image is None or row.mask is None:
             continue
-        if counts[pid] > 1:
-            add(f"duplicate patient_id ({counts[pid]} rows)")
-        grade = _grade(row["grade"])
-        if grade is None:
-            add(f"grade '{row['grade']}' is not a WHO/ISUP grade 1-4")
-        else:
-            labels[pid] = int(grade >= 3)
-        sp = str(row.get("split", "")).strip().lower() if "split" in df.columns else ""
-        if sp and sp not in SPLITS:
-            add(f"split '{sp}' is not one of {SPLITS}")
-        elif sp:
-            splits[pid] = sp
-        paths = []
-        for col, what in ((img_col, f"{phase} image"), (mask_col, "mask")):
-            value = str(row[col]).strip()
-            if not value:
-                add(f"no {what} (column {col} is empty)")
-            paths.append(_resolve(root, value) if value else None)
-        if None in paths:
-            continue
-        image, mask = paths
         key = None
-        if record_dir is not None and image.exists() and mask.exists():
-            key = _record_key(image, mask, tumour_label, tol)
+        if record_dir is not None and row.image.exists() and row.mask.exists():
+            key = _record_key(row.image, row.mask, tumour_label, tol)
             if (record_dir / f"{key}.ok").is_file():
                 continue
         cached = False
-        if is_cached is not None and grade is not None and image.exists() and mask.exists():
+        if is_cached is not None and row.grade is not None and row.image.exists() and row.mask.exists():
             try:
-                cached = bool(is_cached(Case(pid, grade, image, mask)))
+                cached = bool(is_cached(row.case))
             except Exception:  # a cache lookup must never hide a validation problem
                 cached = False
-        pending.append((len(row_problems) - 1, pid, image, mask, cached, key))
+        pending.append((i, row, cached, key))
 
     def read(item):
-        _, pid, image, mask, cached, _ = item
-        return check_pair(image, mask, pid, tumour_label, tol, read_pixels=not cached)
+        _, row, cached, _ = item
+        return check_pair(row.image, row.mask, row.patient_id, tumour_label, tol, read_pixels=not cached)
 
     with ThreadPoolExecutor(max(1, int(workers))) as pool:
         for checked, (item, pair) in enumerate(zip(pending, pool.map(read, pending)), start=1):
             if checked % 25 == 0:
-                log.info("validation: %d of %d rows read", checked, len(df))
-            i, pid, _, _, _, key = item
+                log.info("validation: %d of %d rows read", checked, len(rows))
+            i, _, _, key = item
             row_problems[i] += pair
-            if pair:
-                bad.add(pid)
-            elif key is not None:
+            if not pair and key is not None:
                 _touch(record_dir / f"{key}.ok")
     report.problems += [p for probs in row_problems for p in probs]
-    keep = [p for p in dict.fromkeys(ids) if p and p in labels and (p not in bad or not exclude)]
-    report.valid_ids = [p for p in dict.fromkeys(ids) if p and p not in bad]
-    report.cohort_problems += _class_problems(keep, labels, splits, split or {}, seed, manifest)
+    bad = {r.patient_id for r, probs in zip(rows, row_problems) if probs}
+    ids = list(dict.fromkeys(r.patient_id for r in rows if r.patient_id))
+    labels = {r.patient_id: grade_label(r.grade) for r in rows if r.patient_id and r.grade is not None}
+    splits = {r.patient_id: r.split for r in rows if r.patient_id and r.split}
+    keep = [p for p in ids if p in labels and (p not in bad or not exclude)]
+    report.valid_ids = [p for p in ids if p not in bad]
+    report.cohort_problems += _class_problems(keep, labels, splits, split, seed, manifest)
     return report
-
-
-def _grade(value) -> int | None:
-    try:
-        f = float(str(value).strip())
-    except ValueError:
-        return None
-    return int(f) if f in (1.0, 2.0, 3.0, 4.0) else None
 
 
 def _class_problems(ids, labels, splits, split_cfg, seed, manifest) -> list[Problem]:
@@ -325,9 +275,7 @@ def _class_problems(ids, labels, splits, split_cfg, seed, manifest) -> list[Prob
         return [Problem(None, str(manifest), "no usable patients left")]
     given = {p: splits[p] for p in ids if p in splits}
     try:
-        assigned = assign_splits(ids, [labels[p] for p in ids], seed=seed, given=given,
-                                 test_fraction=split_cfg.get("test_fraction", 0.3),
-                                 val_fraction=split_cfg.get("val_fraction", 0.15))
+        assigned = assign_splits(ids, [labels[p] for p in ids], seed=seed, given=given, **(split_cfg or {}))
     except InputError as exc:
         return [Problem(None, str(manifest), _bare(exc))]
     out = []
@@ -345,7 +293,7 @@ def _touch(path: Path) -> None:
     atomic_write_text(path, "ok\n")
 
 
-# ------------------------------------------------------------------------------------------- datamodule
+# ------------------------------------------------------------------------------------------- cleaned manifest
 def cleaned_manifest_path(source: str | Path, cache_dir: str | Path, phase: str) -> Path:
     """Where ``on_invalid=exclude`` writes the manifest of the patients that passed."""
     from src.data.cache import make_key
@@ -356,8 +304,6 @@ def cleaned_manifest_path(source: str | Path, cache_dir: str | Path, phase: str)
 
 def write_cleaned_manifest(source: Path, report: ValidationReport, out: Path, phase: str) -> Path:
     """The rows of ``report.valid_ids`` (first occurrence), paths made absolute, written atomically."""
-    from src.data.manifest import read_manifest
-
     df = read_manifest(source)
     df = df[df["patient_id"].str.strip().isin(report.valid_ids)].copy()
     df = df.drop_duplicates("patient_id")
@@ -368,40 +314,40 @@ def write_cleaned_manifest(source: Path, report: ValidationReport, out: Path, ph
     return atomic_write_csv(out, df)
 
 
-def validate_datamodule_cohort(dm, source: str | Path) -> Path:
-    """Validate ``dm``'s cohort (``source`` manifest) and return the manifest to preprocess and train on.
+def validate_cohort(source: str | Path, phase: str, cache_root: str | Path, tumour_label: int | None = None,
+                    on_invalid: str = "raise", geometry_tolerance: dict | None = None,
+                    is_cached: Callable | None = None, split: dict | None = None, seed: int = 0,
+                    workers: int = 1) -> Path:
+    """Validate the cohort of the ``source`` manifest for ``phase``; return the manifest to preprocess and
+    train on.
 
-    Raises ``InputError`` listing every problem (``dm.on_invalid == 'raise'``, or when a problem
-    concerns the whole cohort); with ``'exclude'`` writes and returns the cleaned manifest.
+    Raises ``InputError`` listing every problem (``on_invalid == 'raise'``, or when a problem concerns
+    the whole cohort); with ``'exclude'`` writes and returns the cleaned manifest. Passing pairs are
+    recorded under ``cache_root/validation``.
     """
     source = Path(source)
-    on_invalid = getattr(dm, "on_invalid", "raise")
     if on_invalid not in ON_INVALID:
-        raise InputError(f"data.on_invalid must be one of {ON_INVALID}, got '{on_invalid}'")
-    cache_root = Path(dm.cache_root)
-    tol = GeometryTolerance(**(getattr(dm, "geometry_tolerance", None) or {}))
-
-    def is_cached(case) -> bool:
-        return dm._key(case) in dm.cache
-
-    report = validate_manifest(source, dm.phase, dm.tumour_label, tol, is_cached=is_cached,
-                               record_dir=cache_root / "validation", split=dm.split_cfg, seed=dm.seed,
-                               exclude=on_invalid == "exclude", workers=max(1, getattr(dm, "_n_workers", lambda: 1)()))
+        raise InputError(f"data.validation.on_invalid must be one of {ON_INVALID}, got '{on_invalid}'")
+    cache_root = Path(cache_root)
+    report = validate_manifest(source, phase, tumour_label, GeometryTolerance(**(geometry_tolerance or {})),
+                               is_cached=is_cached, record_dir=cache_root / "validation", split=split, seed=seed,
+                               exclude=on_invalid == "exclude", workers=max(1, workers))
     if report.cohort_problems or (report.problems and on_invalid == "raise"):
-        hint = "" if report.cohort_problems else " (fix them, or set data.on_invalid=exclude to drop these patients)"
+        hint = "" if report.cohort_problems else \
+            " (fix them, or set data.validation.on_invalid=exclude to drop these patients)"
         raise report.error(hint)
     if on_invalid == "raise":
         return source
-    out = cleaned_manifest_path(source, cache_root, dm.phase)
+    out = cleaned_manifest_path(source, cache_root, phase)
     if report.problems:
         reasons = collections.Counter(_reason(p.message) for p in report.problems)
-        log.warning("data.on_invalid=exclude: excluded %d of %d patient(s) (%s)", len(report.bad_ids), report.n_rows,
-                    ", ".join(f"{n} x {r}" for r, n in reasons.most_common()))
+        log.warning("data.validation.on_invalid=exclude: excluded %d of %d patient(s) (%s)", len(report.bad_ids),
+                    report.n_rows, ", ".join(f"{n} x {r}" for r, n in reasons.most_common()))
         for p in report.problems:
             log.warning("excluded: %s", p)
     else:
         log.info("validation: all %d patient(s) passed", report.n_rows)
-    return write_cleaned_manifest(source, report, out, dm.phase)
+    return write_cleaned_manifest(source, report, out, phase)
 
 
 def _reason(message: str) -> str:

@@ -1,4 +1,4 @@
-"""Grad-CAM in the sweep report (issue #5): localisation columns for Table 3 and Figure 6 panels.
+"""Grad-CAM in the sweep report: localisation columns for Table 3 and Figure 6 panels.
 
 Each weak job's metrics.json carries ``test_cam_in_tumour`` (share of the heat map's mass inside
 the tumour), ``test_cam_pointing`` (share of slices whose heat-map maximum is in the tumour) and

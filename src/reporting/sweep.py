@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-PHASES = ("UP", "CMP", "NP")
+from src.data.manifest import PHASES, SPLITS, SUPERVISIONS
+
 PAPER_PHASE_ORDER = ("CMP", "NP", "UP")  # row order of the paper's Tables 2-3
-SUPERVISIONS = ("strong", "weak")
-SPLITS = ("train", "test")
 
 _DIR_RE = re.compile(r"^(?P<n>\d+)_(?P<phase>[A-Za-z]+)_(?P<sup>[A-Za-z]+)$")
 _PATIENT_COLS = ("patient_id", "label", "prob_high")

@@ -160,11 +160,10 @@ def table3_weak(sweep: Sweep) -> pd.DataFrame:
             row.update(pt)
             row["n_patients_with_slices"] = job.slices[split]["patient_id"].nunique() if split in job.slices else 0
             row["Slice AUC (95% CI)"] = fmt_auc(sl["slice_auc"], sl["slice_auc_low"], sl["slice_auc_high"])
-            # --- gradcam (issue #5): heat-map localisation from metrics.json (testing set only) ---
+            # Grad-CAM: heat-map localisation from metrics.json (testing set only)
             from src.reporting.gradcam import cam_metrics
 
             row.update(cam_metrics(job.metrics, split))
-            # --- end gradcam ---
             rows.append(row)
     return pd.DataFrame(rows)
 

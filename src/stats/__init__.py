@@ -19,6 +19,7 @@ from src.stats.metrics import (
     ThresholdMetrics,
     auc_ci,
     binomial_ci,
+    decide,
     delong_components,
     delong_test,
     threshold_metrics,
@@ -40,6 +41,7 @@ __all__ = [
     "delong_test",
     "mcnemar",
     "mcnemar_result",
+    "decide",
     "threshold_metrics",
     "youden_threshold",
 ]

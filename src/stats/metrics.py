@@ -37,6 +37,7 @@ __all__ = [
     "check_binary",
     "delong_components",
     "delong_test",
+    "decide",
     "threshold_metrics",
     "youden_threshold",
 ]
@@ -200,18 +201,26 @@ def delong_test(y_true, score_a, score_b) -> DeLongResult:
 # ----------------------------------------------------------------------------------------------
 # thresholded metrics
 # ----------------------------------------------------------------------------------------------
-def youden_threshold(y_true, y_score) -> float:
-    """Score threshold maximising Youden's J = sensitivity + specificity - 1 (Youden 1950).
+def decide(y_score, threshold: float) -> np.ndarray:
+    """The decision rule of the whole framework: high grade (1) iff ``score > threshold`` (strict; a
+    score of exactly the threshold is low grade, as the argmax of two equal probabilities is class 0)."""
+    return (np.asarray(y_score, dtype=np.float64) > float(threshold)).astype(int)
 
-    Candidate thresholds are the observed scores with the rule ``pred = score >= threshold``;
-    among equal J the largest threshold (fewest positives) is returned.  (pROC's
-    ``coords(best.method="youden")`` reports midpoints between observed scores; the induced
-    classification of the sample is the same.)
+
+def youden_threshold(y_true, y_score) -> float:
+    """Score threshold maximising Youden's J = sensitivity + specificity - 1 (Youden 1950), for the
+    rule of :func:`decide`.
+
+    Candidate thresholds are the midpoints between consecutive observed scores (and -inf: all
+    positive), as pROC's ``coords(best.method="youden")`` reports them; among equal J the largest
+    threshold (fewest positives) is returned.
     """
     y, s = check_binary(y_true, y_score)
+    u = np.unique(s)
+    candidates = np.concatenate([[-np.inf], (u[:-1] + u[1:]) / 2])
     best_j, best_t = -np.inf, float("nan")
-    for t in np.unique(s)[::-1]:
-        pred = s >= t
+    for t in candidates[::-1]:
+        pred = decide(s, t).astype(bool)
         sens = pred[y == 1].mean()
         spec = (~pred[y == 0]).mean()
         j = sens + spec - 1.0
@@ -247,7 +256,7 @@ def threshold_metrics(
 ) -> ThresholdMetrics:
     """Accuracy, sensitivity (recall of class 1) and specificity (recall of class 0) with binomial CIs.
 
-    ``pred = score >= threshold`` (0.5 by default; ``threshold="youden"`` uses
+    ``pred = decide(score, threshold)`` (0.5 by default; ``threshold="youden"`` uses
     :func:`youden_threshold`), or pass precomputed 0/1 ``y_pred``.  CIs per :func:`binomial_ci`
     (statsmodels ``proportion_confint``, Wilson by default).  Unlike the AUC functions this accepts
     one-class input (the undefined rate is NaN).
@@ -269,7 +278,7 @@ def threshold_metrics(
             thr = youden_threshold(y, s)
         else:
             thr = float(threshold)
-        pred = s >= thr
+        pred = decide(s, thr) == 1
     if pred.shape != y.shape:
         raise ValueError("y_pred and y_true differ in length")
     pos, neg = y == 1, y == 0

@@ -1,0 +1,158 @@
+"""The row bank and the datasets over it: preprocessed cases -> dict samples ``{image, label, patient, slice}``.
+
+:func:`build_datasets` turns the cached arrays of a cohort and its patient split into the evaluation
+and training sets of one job, all over one shared :class:`RowBank` of the memory-mapped cache arrays
+(no image is copied or held twice):
+
+- ``fit``: training samples (strong: the ``train_angles`` rotations of each training patient; weak:
+  every lesion slice of each training patient);
+- ``val``: model selection (strong: the unrotated ROI; weak: every lesion slice);
+- ``train`` and ``test``: the final test pass on all training-set patients (validation patients
+  included, un-augmented: the paper's "training" column) and on the held-out patients.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def collated(batch):
+    """``collate_fn`` for datasets whose ``__getitems__`` already returns a whole batch."""
+    return batch
+
+
+class RowBank:
+    """The cached images of one cohort as a row-addressed array, without copying them.
+
+    Before ``to``: the per-case cache arrays (memory-mapped ``.npy``, shape ``(n_i, *spatial)``),
+    addressed by global row; a batch is gathered row by row (only the rows used are read; the
+    pages stay in the OS page cache). After ``to(device)``: one tensor on that device (the
+    GPU-resident mode), and a batch is a single index operation there.
+    """
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.offsets = np.cumsum([0, *(len(p) for p in parts)])
+        self.tensor: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(p.nbytes for p in self.parts))
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor[rows.to(self.tensor.device)]
+        r = rows.cpu().numpy()
+        case = np.searchsorted(self.offsets, r, side="right") - 1
+        out = np.empty((len(r), *self.parts[0].shape[1:]), dtype=self.parts[0].dtype)
+        for j, (c, k) in enumerate(zip(case, r - self.offsets[case])):
+            out[j] = self.parts[c][k]
+        return torch.from_numpy(out)
+
+    def to(self, device: torch.device | str) -> RowBank:
+        """Copy every row to ``device`` as one tensor, one case at a time (no full host copy)."""
+        self.tensor = torch.cat([torch.from_numpy(np.array(p)).to(device) for p in self.parts])
+        return self
+
+
+class BankDataset(Dataset):
+    """Samples ``{image, label, patient, slice}`` whose images are rows of a shared :class:`RowBank`.
+
+    The fit/val/train/test sets of a cohort share one bank (no image is held twice). ``__getitems__``
+    returns a whole collated batch (one gather: use ``collate_fn=collated``); ``__getitem__`` one
+    sample. ``to(device)`` moves the per-sample tables (the bank is moved by the datamodule).
+    """
+
+    def __init__(self, bank: RowBank, rows: torch.Tensor, label: torch.Tensor, patient: torch.Tensor,
+                 slice: torch.Tensor):  # noqa: A002 - the batch key
+        self.bank, self.rows = bank, rows
+        self.meta = {"label": label, "patient": patient, "slice": slice}
+        if any(len(v) != len(rows) for v in self.meta.values()):
+            raise ValueError("rows and per-sample tables of unequal length")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.rows.device.type == "cuda" and idx.device.type == "cpu":
+            # a pageable host->device copy synchronises the stream; from pinned memory it is queued
+            idx = idx.pin_memory().to(self.rows.device, non_blocking=True)
+        else:
+            idx = idx.to(self.rows.device)
+        return {"image": self.bank.gather(self.rows[idx])[:, None], **{k: v[idx] for k, v in self.meta.items()}}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.batch(torch.tensor([int(i)])).items()}
+
+    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
+        return self.batch(torch.as_tensor(indices, dtype=torch.long))
+
+    def to(self, device: torch.device | str) -> BankDataset:
+        self.rows = self.rows.to(device)
+        self.meta = {k: v.to(device) for k, v in self.meta.items()}
+        return self
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every sample as tensors (materialises the images: for inspection and tests)."""
+        return self.batch(torch.arange(len(self)))
+
+
+def case_views(arrays: dict, split: str, supervision: str, train_angles=None):
+    """(target set, (rows of the case's image array, slice indices)) for one patient of ``split``.
+
+    Strong: ``train_angles`` picks the training views among the cached angles (None: every rotation,
+    the unrotated view excluded). Weak: all lesion slices, each with its axial index."""
+    if supervision == "strong":
+        angles = [float(a) for a in arrays["angles"]]
+        train_angles = [float(a) for a in (train_angles if train_angles is not None else
+                                           [a for a in angles if a != 0.0])]
+        unrot = np.array([angles.index(0.0)])
+        minus1 = torch.full((1,), -1, dtype=torch.long)
+        if split == "train":
+            pick = np.array([angles.index(a) for a in train_angles])
+            yield "fit", (pick, minus1.expand(len(pick)))
+        if split == "val":
+            yield "val", (unrot, minus1)
+        yield ("test" if split == "test" else "train"), (unrot, minus1)
+    else:
+        z = torch.from_numpy(np.array(arrays["slice_index"])).long()
+        local = np.arange(len(z))
+        if split in ("train", "val"):
+            yield "train", (local, z)
+        yield {"train": "fit", "val": "val", "test": "test"}[split], (local, z)
+
+
+def make_dataset(bank: RowBank, rows: list) -> BankDataset:
+    """A dataset from ``(patient index, label, bank rows, slice indices)`` tuples."""
+    counts = torch.tensor([len(r[2]) for r in rows])
+    return BankDataset(
+        bank,
+        rows=torch.from_numpy(np.concatenate([r[2] for r in rows]).astype(np.int64)),
+        label=torch.repeat_interleave(torch.tensor([r[1] for r in rows]), counts),
+        patient=torch.repeat_interleave(torch.tensor([r[0] for r in rows]), counts),
+        slice=torch.cat([r[3].reshape(-1) for r in rows]),
+    )
+
+
+def build_datasets(case_arrays: list[dict], labels: list[int], splits: list[str], supervision: str,
+                   train_angles=None) -> tuple[RowBank, dict[str, BankDataset], dict[tuple[int, int], np.ndarray]]:
+    """(bank, datasets by set name, packed lesion-slice masks by (patient index, slice index)) for the
+    cases' arrays (in patient-index order) with their labels and splits ('train', 'val', 'test')."""
+    rows: dict[str, list] = {s: [] for s in ("fit", "val", "train", "test")}
+    parts, offset, slice_masks = [], 0, {}
+    for idx, (arrays, label, split) in enumerate(zip(case_arrays, labels, splits)):
+        for target, (local, z) in case_views(arrays, split, supervision, train_angles):
+            rows[target].append((idx, label, offset + local, z))
+        image = arrays["rois" if supervision == "strong" else "slices"]
+        parts.append(image)
+        offset += len(image)
+        if supervision == "weak":
+            for z, packed in zip(arrays["slice_index"], arrays["masks"]):
+                slice_masks[(idx, int(z))] = packed
+    bank = RowBank(parts)
+    return bank, {name: make_dataset(bank, r) for name, r in rows.items() if r}, slice_masks

@@ -1,0 +1,24 @@
+"""OmegaConf resolvers of the project's configs (registered when ``src`` is imported).
+
+- ``${if_gpu:${trainer.accelerator},A,B}``: A when the trainer runs on a GPU, else B. The one place
+  where device-dependent defaults (loader processes, pinned memory, channels-last, fused optimiser)
+  are decided: every such key in ``conf/`` names its two values, so a trainer preset only sets
+  ``accelerator`` and any key can still be set by hand.
+- ``${basename:PATH}``: the last component of a path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def if_gpu(accelerator, on_gpu, otherwise):
+    return on_gpu if str(accelerator).lower() in GPU_ACCELERATORS else otherwise
+
+
+def register() -> None:
+    OmegaConf.register_new_resolver("if_gpu", if_gpu, replace=True)
+    OmegaConf.register_new_resolver("basename", lambda p: Path(str(p)).name, replace=True)
