@@ -16,7 +16,8 @@
 # "UP:strong UP:weak CMP:strong CMP:weak NP:strong NP:weak"; concurrent mode runs the product of the
 # listed phases and supervisions), GPU_BENCH_MODE (concurrent | sequential), GPU_BENCH_STAGES (default
 # "prepare sweep profile bench"; also: layout = time both memory layouts first and run the sweep with the
-# faster model.channels_last, warm = the sweep again over the same data and cache), GPU_BENCH_PROCS (step_profile concurrency, default 1,6),
+# faster callbacks.speed layout, warm = the sweep again over the same data and cache), GPU_BENCH_PROCS
+# (step_profile concurrency, default 1,6),
 # GPU_BENCH_SECTIONS / GPU_BENCH_SUPS (src.bench sections and supervisions), GPU_BENCH_EXTRA (extra
 # Hydra overrides).
 set -euo pipefail
@@ -51,7 +52,7 @@ else
   # paper scale: 306 patients (165 low / 141 high), 512 x 512 x 40, ROI 32^3, slices 256^2, 50 epochs
   EPOCHS=${GPU_BENCH_EPOCHS:-50}
   COMMON=(trainer=gpu "trainer.max_epochs=$EPOCHS" trainer.enable_progress_bar=false
-          data.synthetic.n_patients=306 "data.synthetic.shape=[512,512,40]"
+          synthetic.n_patients=306 "synthetic.shape=[512,512,40]"
           "preprocess.roi_size=[32,32,32]" "preprocess.slice_size=[256,256]")
   BENCH=(bench.n_patients=48 bench.train.steps=30 bench.train.repeats=3 bench.startup.repeats=3
          "bench.memory.sizes=[50,150,306]" bench.memory.parallel=3)
@@ -98,26 +99,34 @@ if has prepare; then
   echo "{\"prepare_s\": $(secs "$T0")}" > "$LOG/prepare.json"
 fi
 
-# 2b layout: time the bf16 step of both networks in each memory layout and pick model.channels_last for
-# the sweep (auto: channels-last for 2D only; true: 2D and 3D; false: neither), the value with the least
-# summed ms/step (the same rule a user would apply to scripts/step_profile.py's table)
+# 2b layout: time the bf16 step of both networks in each memory layout and run the sweep with the layout of
+# the least summed ms/step (the same rule a user would apply to scripts/step_profile.py's table):
+# 2d = channels-last for 2D networks only (callbacks.speed.channels_last=true, channels_last_dims [2]: the
+# GPU default), 2d+3d = also channels-last-3d for the 3D network, none = no channels-last; without timings
+# (a failed profile, or a CPU dry run) the config's own setting stays
 if has layout; then
   stage "2b memory layout (scripts/step_profile.py, bf16: NCDHW vs NDHWC 3D, NHWC vs NCHW 2D)"
   LP=(--procs "" --steps 60 --warmup 15 --variants bf16,bf16+cl3d,bf16+nchw --out "$LOG/layout_profile.json")
   [ "$DRY" = "1" ] && LP=(--dry --procs "" --out "$LOG/layout_profile.json")
   $PY scripts/step_profile.py "${LP[@]}" 2>&1 | tee "$LOG/layout_profile.log" | grep -vi warn || echo "layout profile failed"
-  CL=$($PY - "$LOG/layout_profile.json" <<'PYEOF' 2>/dev/null || echo auto
+  CL=$($PY - "$LOG/layout_profile.json" <<'PYEOF' 2>/dev/null || echo default
 import json, sys
 ms = {(r["net"], r["variant"]): r["ms_per_step"] for r in json.load(open(sys.argv[1])) if "ms_per_step" in r}
-options = {"auto": [("strong", "bf16"), ("weak", "bf16")], "true": [("strong", "bf16+cl3d"), ("weak", "bf16")],
-           "false": [("strong", "bf16"), ("weak", "bf16+nchw")]}
+options = {"2d": [("strong", "bf16"), ("weak", "bf16")], "2d+3d": [("strong", "bf16+cl3d"), ("weak", "bf16")],
+           "none": [("strong", "bf16"), ("weak", "bf16+nchw")]}
 cost = {k: sum(ms[c] for c in v) for k, v in options.items() if all(c in ms for c in v)}
-print(min(cost, key=cost.get) if cost else "auto")
+print(min(cost, key=cost.get) if cost else "default")
 PYEOF
 )
-  echo "{\"model.channels_last\": \"$CL\"}" > "$LOG/layout.json"
-  stage "2b model.channels_last=$CL for the sweep"
-  COMMON+=("model.channels_last=$CL")
+  case "$CL" in
+    2d)    LAYOUT=(callbacks.speed.channels_last=true "callbacks.speed.channels_last_dims=[2]") ;;
+    2d+3d) LAYOUT=(callbacks.speed.channels_last=true "callbacks.speed.channels_last_dims=[2,3]") ;;
+    none)  LAYOUT=(callbacks.speed.channels_last=false) ;;
+    *)     CL=default; LAYOUT=() ;;
+  esac
+  echo "{\"layout\": \"$CL\", \"layout_overrides\": \"${LAYOUT[*]}\"}" > "$LOG/layout.json"
+  stage "2b layout $CL for the sweep: ${LAYOUT[*]:-callbacks.speed as configured}"
+  COMMON+=("${LAYOUT[@]}")
 fi
 
 # one timed sweep into $1 (log $2), its wall seconds into the variable named $3: the six jobs at once
@@ -164,7 +173,8 @@ PYEOF
   printf -v "$3" '%s' "$(secs "$t0")"
 }
 
-TP=("+callbacks.throughput._target_=src.bench.throughput_monitor" "+callbacks.throughput.output_dir=\${paths.output_dir}")
+TP=("+callbacks.throughput._target_=src.callbacks.throughput.ThroughputMonitor"
+    "+callbacks.throughput.output_dir=\${paths.output_dir}")
 SWEEP="$LOG/sweep"
 SWEEP_S=0
 WARM_S=0

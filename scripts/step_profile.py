@@ -5,18 +5,21 @@
     python scripts/step_profile.py --procs 1,2,4,6 --seconds 8 --out step_profile.json
 
 The networks and the batch size come from the project's configs (conf/model/resnet18_{3d,2d}.yaml,
-conf/data/default.yaml); inputs are random tensors on the device (paper sizes: 32^3 ROIs, 256^2
-slices), so no data preparation is needed. For each network it times a plain PyTorch loop (forward,
-cross-entropy, backward, AdamW) in these variants:
+data.loader.batch_size in conf/data/default.yaml); inputs are random tensors on the device (paper
+sizes: 32^3 ROIs, 256^2 slices), so no data preparation is needed. For each network it times a plain
+PyTorch loop (forward, cross-entropy, backward, AdamW) in these variants:
 
   fp32           eager, float32
-  bf16           autocast bf16 (+ channels-last for 2D): the framework's GPU setting
-  bf16+cl3d      3D only: bf16 with channels-last-3d (NDHWC) network and input (model.channels_last=true)
-  bf16+nchw      2D only: bf16 without channels-last (the layout the framework does not use on CUDA)
+  bf16           autocast bf16 (+ channels-last for 2D): the framework's GPU precision and memory layout
+                 (callbacks.speed: channels_last true, channels_last_dims [2]), AdamW unfused
+  bf16+cl3d      3D only: bf16 with channels-last-3d (NDHWC) network and input
+                 (callbacks.speed.channels_last_dims=[2,3])
+  bf16+nchw      2D only: bf16 without channels-last (callbacks.speed.channels_last=false)
   bf16+compile   bf16 with torch.compile of the network (default mode; warmup_s includes the compiling)
   bf16+sync      bf16 with loss.item() every step (what a per-step host check costs)
   bf16+determ    bf16 with torch.use_deterministic_algorithms(warn_only) and cuDNN benchmark off
-  bf16+fused     bf16 with AdamW(fused=True)
+  bf16+fused     bf16 with AdamW(fused=True): the framework's GPU optimiser (optimizer.fused follows
+                 trainer.accelerator), so this is the framework's whole GPU setting
   bf16+graph     bf16 with the whole step captured in one CUDA graph (no launch overhead: ~the GPU's
                  own time per step, a lower bound)
 
@@ -49,7 +52,7 @@ def build(kind: str, dry: bool):
     GlobalHydra.instance().clear()
     size = list(cfg.preprocess.roi_size if kind == "strong" else cfg.preprocess.slice_size)
     opt = {"lr": float(cfg.optimizer.lr), "weight_decay": float(cfg.optimizer.weight_decay)}
-    return (lambda: instantiate(cfg.model.net)), opt, (int(cfg.data.batch_size), 1, *size)
+    return (lambda: instantiate(cfg.model.net)), opt, (int(cfg.data.loader.batch_size), 1, *size)
 
 
 def setup(kind: str, variant: str, dry: bool):
@@ -89,8 +92,8 @@ def setup(kind: str, variant: str, dry: bool):
 
 
 def layout(dims: int, variant: str):
-    """Memory format of a bf16 variant: the framework's (channels-last for 2D on CUDA, model.channels_last
-    auto) unless the variant swaps it (bf16+cl3d: channels-last-3d for 3D; bf16+nchw: none for 2D)."""
+    """Memory format of a bf16 variant: the framework's on a GPU (callbacks.speed: channels-last for 2D
+    networks only) unless the variant swaps it (bf16+cl3d: channels-last-3d for 3D; bf16+nchw: none for 2D)."""
     import torch
 
     if dims == 3:

@@ -1,28 +1,42 @@
-"""Benchmark and data path (issue #7): memory-mapped cache, shared row bank, cache hits, fp16 error,
-parallel cohort generation, bench functions on tiny sizes. No timing assertions."""
+"""Benchmark and data path: memory-mapped cache, shared row bank, cache hits, fp16 error, parallel
+cohort generation, the bench sections on tiny sizes, the throughput callback. No timing assertions."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from src import bench
+from src.bench import common, memory, preprocess, report, startup
+from src.bench import train as bench_train
 from src.data.cache import ArrayCache
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def bench_cfg(tmp_path, data_root):
     def make(*overrides: str):
-        cfg = bench.compose(["experiment=smoke", f"paths.data_dir={data_root}/data",
-                             f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/jobcache",
-                             "bench.n_patients=20", *overrides])
-        bench._set_output(cfg, tmp_path / "job")
+        cfg = common.compose(["experiment=smoke", f"paths.data_dir={data_root}/data",
+                              f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/jobcache",
+                              "bench.n_patients=20", *overrides])
+        common.set_output_dir(cfg, tmp_path / "job")
         return cfg
 
     return make
+
+
+def test_bench_modules_import_nothing_heavy():
+    """``python -m src.bench --help`` and composing stay fast: no section imports torch & co at import time."""
+    code = ("import sys; import src.bench.cli, src.bench.common, src.bench.startup, src.bench.preprocess, "
+            "src.bench.train, src.bench.memory, src.bench.prepare, src.bench.report; "
+            "print(sorted(m for m in ('torch', 'lightning', 'hydra', 'monai', 'pandas', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_cache_roundtrip_is_memory_mapped(tmp_path):
@@ -41,7 +55,7 @@ def test_cache_roundtrip_is_memory_mapped(tmp_path):
 
 
 def test_fp16_error_bound(bench_cfg):
-    err = bench.fp16_error(bench_cfg(), n_cases=2)
+    err = preprocess.fp16_error(bench_cfg(), n_cases=2)
     assert err["cases"] == 2 and err["values"] > 0
     assert err["max_rel_error"] <= 2.0**-11
     assert err["max_abs_error"] <= err["abs_bound_at_max"] + 1e-12
@@ -50,15 +64,32 @@ def test_fp16_error_bound(bench_cfg):
 def test_preprocess_then_cache_hit(bench_cfg, tmp_path):
     cfg = bench_cfg("bench.preprocess.phases=[CMP]", "bench.preprocess.supervisions=[strong,weak]",
                     "bench.preprocess.fp16_cases=1")
-    res = bench.bench_preprocess(cfg, tmp_path / "cache")
+    res = preprocess.measure(cfg, common.Context([], tmp_path))
+    assert [(r["phase"], r["supervision"]) for r in res["runs"]] == [("CMP", "strong"), ("CMP", "weak")]
     for run in res["runs"]:
         assert run["first_run"]["preprocessed"] == run["patients"] == 20
         assert run["second_run"] == {"preprocessed": 0, "cached": 20}
+    assert res["fp16"]["cases"] == 1
+    assert {p.name for p in (tmp_path / "cache").iterdir()} >= {"strong", "weak"}  # the fresh cache, not the job's
+
+
+def test_make_datamodule_applies_bench_changes_to_a_copy(bench_cfg, tmp_path):
+    cfg = bench_cfg("bench.workers=2")
+    dm = common.make_datamodule(cfg, cache_dir=tmp_path / "c", phase="UP", supervision="weak", n_patients=7)
+    assert (dm.phase, dm.supervision, dm.cache_root, dm.n_workers()) == ("UP", "weak", tmp_path / "c", 2)
+    assert dm.source.spec.n_patients == 7 and dm.batch_size == cfg.data.loader.batch_size
+    dm = common.make_datamodule(cfg, shape=[24, 24, 6])
+    assert dm.source.spec.shape == (24, 24, 6) and dm.source.spec.n_patients == 20
+    assert cfg.synthetic.n_patients == 20 and cfg.data.phase == "CMP"  # the job's config is unchanged
+    from src.data.sources import ManifestSource
+
+    dm = common.make_datamodule(cfg, manifest=tmp_path / "m.csv", n_patients=7)
+    assert isinstance(dm.source, ManifestSource) and dm.source.locate(dm.cache_root) == tmp_path / "m.csv"
 
 
 def test_datasets_share_one_memory_mapped_bank(bench_cfg, tmp_path):
     cfg = bench_cfg("supervision=weak")
-    dm = bench.make_datamodule(cfg, cache_dir=tmp_path / "cache")
+    dm = common.make_datamodule(cfg, cache_dir=tmp_path / "cache")
     dm.prepare_data()
     dm.setup("fit")
     assert all(isinstance(p, np.memmap) for p in dm.bank.parts)
@@ -70,23 +101,34 @@ def test_datasets_share_one_memory_mapped_bank(bench_cfg, tmp_path):
     torch.testing.assert_close(one["image"], batch["image"][1])
     assert int(one["label"]) == int(batch["label"][1])
     # the sample is the cached slice of its patient
-    case = dm.patient_ids[int(one["patient"])]
+    pid = dm.patient_ids[int(one["patient"])]
     from src.data.manifest import cases_for_phase
 
-    key = next(dm._key(c) for c in cases_for_phase(dm.manifest_path(), dm.phase) if c.patient_id == case)
-    arrays = dm.cache.load(key)
+    case = next(c for c in cases_for_phase(dm.manifest_path(), dm.phase) if c.patient_id == pid)
+    assert case in dm.cache
+    arrays = dm.cache.load(case)
     row = int(np.flatnonzero(arrays["slice_index"] == int(one["slice"]))[0])
     np.testing.assert_array_equal(one["image"][0].numpy(), arrays["slices"][row])
-    # loader: collated batches, no device -> data stay on the CPU, auto settings resolve to 0 workers
+    # loader: collated batches, no device -> data stay on the CPU, CPU settings give 0 workers, no pinning
     loader = dm.train_dataloader()
     assert dm.place("cpu").type == "cpu" and loader.num_workers == 0 and not loader.pin_memory
     b = next(iter(loader))
     assert b["image"].shape[0] == min(dm.batch_size, len(fit)) and set(b) == {"image", "label", "patient", "slice"}
 
 
-def test_framework_and_bare_loops_run(bench_cfg, tmp_path):
+def test_span_is_the_window_after_warmup():
+    stamps = [(0.0, 0.0), (1.0, 0.5), (3.0, 1.5), (6.0, 2.0), (10.0, 4.0)]
+    assert bench_train.span(stamps, warmup=1, steps=2) == (3.0, 1.5)  # end of step 1 -> end of step 3
+    assert bench_train.span(stamps, warmup=2, steps=3) == (9.0, 3.5)
+    with pytest.raises(IndexError):  # fewer steps than asked: no number
+        bench_train.span(stamps, warmup=2, steps=4)
+
+
+def test_framework_and_bare_loops_train_the_same_model(bench_cfg, tmp_path):
+    """The two loops compared by the train section do the same work: same initial network, batches, loss,
+    optimiser and number of steps, so on this (deterministic) CPU every step's loss agrees."""
     cfg = bench_cfg()
-    dm = bench.make_datamodule(cfg, cache_dir=tmp_path / "cache")
+    dm = common.make_datamodule(cfg, cache_dir=tmp_path / "cache")
     dm.prepare_data()
     dm.setup("fit")
     # augmentation is offline and cached: the fit samples of a patient are exactly its cached rotated views
@@ -95,28 +137,69 @@ def test_framework_and_bare_loops_run(bench_cfg, tmp_path):
     fit = dm.datasets["fit"].tensors
     pid = int(fit["patient"][0])
     case = cases_for_phase(dm.manifest_path(), dm.phase)[pid]
-    arrays = dm.cache.load(dm._key(case))
+    arrays = dm.cache.load(case)
     pick = [list(arrays["angles"]).index(a) for a in dm.pp["train_angles"]]
     np.testing.assert_array_equal(fit["image"][fit["patient"] == pid][:, 0].numpy(), arrays["rois"][pick])
-    wall, cpu = bench.framework_run(cfg, dm, torch.device("cpu"), warmup=1, steps=2, work=tmp_path / "w")
-    assert wall > 0 and cpu > 0
-    wall, cpu = bench.bare_run(cfg, dm, torch.device("cpu"), warmup=1, steps=2)
-    assert wall > 0 and cpu > 0
+    # one epoch and two more steps: the second epoch's order (set_epoch) is the same in both loops too
+    warmup = -(-len(dm.datasets["fit"]) // dm.batch_size)
+    fw_losses, bare_losses = [], []
+    bench_train.framework_run(cfg, dm, torch.device("cpu"), warmup=warmup, steps=2, work=tmp_path / "w",
+                              losses=fw_losses)
+    bench_train.bare_run(cfg, dm, torch.device("cpu"), warmup=warmup, steps=2, losses=bare_losses)
+    assert len(fw_losses) == len(bare_losses) == warmup + 2
+    np.testing.assert_allclose(fw_losses, bare_losses, rtol=1e-5)
+    assert len(set(fw_losses)) == warmup + 2  # the model trains: every step sees a new loss
+
+
+def test_bench_optimizer_follows_the_accelerator(cfg_factory):
+    """optimizer.fused: the fused kernel with trainer=gpu, none on CPU; an explicit value wins. The bench's
+    bare loop and GradeModule build the same optimiser from the config."""
+    from hydra.utils import instantiate
+
+    from src.models.module import GradeModule
+
+    gpu, cpu = cfg_factory("trainer=gpu"), cfg_factory("trainer=cpu")
+    assert gpu.optimizer.fused is True and cpu.optimizer.fused is None
+    assert cfg_factory("trainer=gpu", "optimizer.fused=false").optimizer.fused is False
+    assert cfg_factory("trainer=ddp").optimizer.fused is True and cfg_factory("trainer=ddp_cpu").optimizer.fused is None
+    for cfg, fused in ((gpu, True), (cpu, None)):
+        net = torch.nn.Linear(4, 2)
+        opt = bench_train.make_optimizer(cfg, net.parameters())  # torch has a CPU fused AdamW: runs here too
+        assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is fused
+        net(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        module = GradeModule(torch.nn.Linear(4, 2), optimizer=instantiate(cfg.optimizer))
+        assert module.configure_optimizers().defaults["fused"] is fused
+
+
+def test_bare_loop_memory_format_follows_callbacks_speed(cfg_factory):
+    from hydra.utils import instantiate
+
+    nets = {sup: instantiate(cfg_factory(f"supervision={sup}").model.net) for sup in ("strong", "weak")}
+    gpu = {sup: cfg_factory("trainer=gpu", f"supervision={sup}") for sup in ("strong", "weak")}
+    assert bench_train.memory_format(gpu["weak"], nets["weak"]) == torch.channels_last
+    assert bench_train.memory_format(gpu["strong"], nets["strong"]) is None  # 2D networks only
+    both = cfg_factory("trainer=gpu", "callbacks.speed.channels_last_dims=[2,3]")
+    assert bench_train.memory_format(both, nets["strong"]) == torch.channels_last_3d
+    assert bench_train.memory_format(cfg_factory("supervision=weak"), nets["weak"]) is None  # CPU: default layout
 
 
 def test_throughput_monitor_writes_json(cfg_factory, tmp_path):
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
+    from src.callbacks.throughput import ThroughputMonitor
     from src.train import train
 
     cfg = cfg_factory("trainer.max_epochs=1")
     with open_dict(cfg):
-        cfg.callbacks.throughput = {"_target_": "src.bench.throughput_monitor", "output_dir": str(tmp_path / "tp")}
-    assert instantiate(cfg.callbacks.throughput) is not None
+        cfg.callbacks.throughput = {"_target_": "src.callbacks.throughput.ThroughputMonitor",
+                                    "output_dir": str(tmp_path / "tp")}
+    assert isinstance(instantiate(cfg.callbacks.throughput), ThroughputMonitor)
     train(cfg)
     res = json.loads((tmp_path / "tp" / "throughput.json").read_text())
     assert res["train_samples"] > 0 and 0 <= res["data_wait_fraction"] <= 1 and res["epochs"] == 1
+    assert len(res["epoch_s"]) == 1 and res["samples_per_s"] == pytest.approx(res["train_samples"] / res["epoch_s"][0])
 
 
 def test_parallel_generation_is_identical(tmp_path):
@@ -133,41 +216,21 @@ def test_parallel_generation_is_identical(tmp_path):
 
 def test_memory_probe_runs(bench_cfg, tmp_path):
     cfg = bench_cfg("bench.memory.sizes=[20]")
-    res = bench.bench_memory(cfg, ["experiment=smoke", f"paths.data_dir={Path(cfg.paths.data_dir)}"], tmp_path)
+    res = memory.measure(cfg, common.Context(["experiment=smoke", f"paths.data_dir={Path(cfg.paths.data_dir)}"],
+                                             tmp_path))
     (run,) = res["runs"]
-    assert run["patients"] == 20 and run["preprocessed"] == 20 and run["cache_mb"] > 0
-    assert run["prepare_peak_rss_mb"] >= run["baseline_rss_mb"] > 0
-
-
-def test_fused_optimizer_setting():
-    """auto: the fused kernel on CUDA only; true: everywhere; an explicit optimizer.fused always wins."""
-    from functools import partial
-
-    from src.models.module import fused_kwargs
-
-    adamw, explicit = partial(torch.optim.AdamW, lr=1e-3), partial(torch.optim.AdamW, lr=1e-3, fused=False)
-    assert fused_kwargs(adamw, "auto", "cuda") == {"fused": True}
-    assert fused_kwargs(adamw, "auto", "cpu") == {} and fused_kwargs(adamw, False, "cuda") == {}
-    assert fused_kwargs(explicit, True, "cuda") == {}  # the config said fused: false
-    assert fused_kwargs(partial(torch.optim.LBFGS), True, "cuda") == {}  # no fused kernel: nothing passed
-    net = torch.nn.Linear(4, 2)
-    opt = adamw(params=net.parameters(), **fused_kwargs(adamw, True, "cpu"))  # torch has a CPU fused AdamW
-    net(torch.randn(3, 4)).sum().backward()
-    opt.step()
-    assert opt.defaults["fused"] is True
-    # the module passes it on (on this CPU: auto -> the default multi-tensor AdamW, true -> fused)
-    from src.models.module import GradeModule
-
-    for setting, fused in (("auto", None), (True, True)):
-        module = GradeModule(torch.nn.Linear(4, 2), optimizer=adamw, fused_optimizer=setting)
-        assert module.configure_optimizers().defaults["fused"] is fused
+    assert res["shape"] == list(cfg.synthetic.shape) and res["supervision"] == "weak"
+    assert run["patients"] == 20 and run["preprocessed"] == 20 and run["fit_samples"] > 0
+    assert run["cache_mb"] > 0 and run["cache_mb"] == pytest.approx(common.dir_mb(tmp_path / "memcache_20"))
+    assert run["prepare_peak_rss_mb"] > run["baseline_rss_mb"] > 0  # the peak is taken after preprocessing
+    assert "memory 20 patients weak (40, 40, 14)" in report.table({"memory": res})
 
 
 def test_first_step_says_whether_the_cache_was_hit(bench_cfg, tmp_path):
     cfg = bench_cfg()
-    miss, hit = (bench.first_step(cfg, tmp_path / "cache") for _ in range(2))
-    assert miss["preprocessed_in_fit"] == cfg.data.synthetic.n_patients and hit["preprocessed_in_fit"] == 0
+    miss, hit = (startup.first_step(cfg, tmp_path / "cache") for _ in range(2))
+    assert miss["preprocessed_in_fit"] == cfg.synthetic.n_patients and hit["preprocessed_in_fit"] == 0
     assert 0 < hit["since_fit_call_s"] < hit["since_process_start_s"]
     row = {"cfg_job_s": 0.3, "cfg_job_runs_s": [0.3], "first_step_after_fit_call_s": 1.0, "first_step_s": 5.0}
-    assert "cache miss: 12 patients" in bench.table({"startup": {**row, "first_step_preprocessed": 12}})
-    assert "cache hit" in bench.table({"startup": {**row, "first_step_preprocessed": 0}})
+    assert "cache miss: 12 patients" in report.table({"startup": {**row, "first_step_preprocessed": 12}})
+    assert "cache hit" in report.table({"startup": {**row, "first_step_preprocessed": 0}})
