@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,36 @@ def cfg_factory(tmp_path, data_root):
         return compose_cfg(["experiment=smoke", *overrides], out or tmp_path / "job", data_root)
 
     return make
+
+
+def run_cli(args, tmp_path, timeout=600, **env_vars):
+    """``python -m src.train ARGS`` in a subprocess, outputs, cohort and cache under ``tmp_path``."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **env_vars}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "src.train", *args, f"paths.log_dir={tmp_path}",
+                           f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache"],
+                          cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def six_job_sweep(tmp_path_factory) -> Path:
+    """The six-job smoke sweep with the default (sequential) launcher, one thread per job (the
+    parallel sweep gives each of its 2 jobs one thread; the thread count changes float sums)."""
+    tmp_path = tmp_path_factory.mktemp("six")
+    r = run_cli(["-m", "phase=UP,CMP,NP", "supervision=strong,weak", "experiment=smoke",
+                 "hydra.sweep.dir=" + str(tmp_path / "sweep")], tmp_path, OMP_NUM_THREADS="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp_path / "sweep"
+
+
+@pytest.fixture(scope="session")
+def parallel_wandb_sweep(tmp_path_factory) -> Path:
+    """Two strong jobs at once (hydra/launcher=joblib, experiment=gpu_sweep's launcher), tracked with
+    wandb offline: read by the parallel-launcher test and the wandb test."""
+    tmp_path = tmp_path_factory.mktemp("parallel")
+    sweep = tmp_path / "sweep_parallel"
+    r = run_cli(["-m", "phase=UP,CMP", "supervision=strong", "experiment=smoke", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2", "data.concurrent_jobs=2", "data.workers=auto", "logger=wandb",
+                 f"hydra.sweep.dir={sweep}"], tmp_path, OMP_NUM_THREADS="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return sweep

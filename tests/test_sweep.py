@@ -1,32 +1,11 @@
 """The six-job multirun through the real CLI in a subprocess, and the CLI's one-line user errors."""
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args, tmp_path, timeout=600, **env_vars):
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **env_vars}
-    return subprocess.run([sys.executable, "-m", "src.train", *args, f"paths.log_dir={tmp_path}",
-                           f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache"],
-                          cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def six_job_sweep(tmp_path_factory) -> Path:
-    """The six-job smoke sweep with the default (sequential) launcher, one thread per job (the
-    parallel sweep below gives each of its 2 jobs one thread; the thread count changes float sums)."""
-    tmp_path = tmp_path_factory.mktemp("six")
-    r = run_cli(["-m", "phase=UP,CMP,NP", "supervision=strong,weak", "experiment=smoke",
-                 "hydra.sweep.dir=" + str(tmp_path / "sweep")], tmp_path, OMP_NUM_THREADS="1")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return tmp_path / "sweep"
+from tests.conftest import run_cli
 
 
 @pytest.mark.slow
@@ -55,15 +34,11 @@ def test_six_job_multirun_one_sweep_folder(six_job_sweep):
 
 
 @pytest.mark.slow
-def test_parallel_launcher_runs_jobs_at_once_with_the_same_results(tmp_path, six_job_sweep):
+def test_parallel_launcher_runs_jobs_at_once_with_the_same_results(parallel_wandb_sweep, six_job_sweep):
     """hydra/launcher=joblib (experiment=gpu_sweep's launcher) runs the jobs in parallel processes:
     same folders and byte-identical predictions as the sequential sweep at the same thread count,
     the report at the end."""
-    r = run_cli(["-m", "phase=UP,CMP", "supervision=strong", "experiment=smoke", "hydra/launcher=joblib",
-                 "hydra.launcher.n_jobs=2", "data.concurrent_jobs=2", "data.workers=auto",
-                 "hydra.sweep.dir=" + str(tmp_path / "sweep")], tmp_path, OMP_NUM_THREADS="1")
-    assert r.returncode == 0, r.stderr[-3000:]
-    sweep = tmp_path / "sweep"
+    sweep = parallel_wandb_sweep
     for job, ref in (("0_UP_strong", "0_UP_strong"), ("1_CMP_strong", "2_CMP_strong")):
         got = (sweep / job / "predictions" / "test.csv").read_bytes()
         assert got == (six_job_sweep / ref / "predictions" / "test.csv").read_bytes(), job

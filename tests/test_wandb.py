@@ -1,29 +1,18 @@
 """wandb (offline, no account): one run per job named phase_supervision in the sweep's group; always finished."""
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_one_offline_run_per_job(tmp_path, data_root):
-    sweep = tmp_path / "sweep_wandb"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    env.pop("WANDB_API_KEY", None)
-    r = subprocess.run([sys.executable, "-m", "src.train", "-m", "phase=UP,CMP", "supervision=strong",
-                        "experiment=smoke", "logger=wandb", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
-                        f"paths.data_dir={data_root}/data", f"paths.cache_dir={data_root}/cache"],
-                       cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_one_offline_run_per_job(parallel_wandb_sweep):
+    """Also when the jobs run at once in other processes (hydra/launcher=joblib)."""
+    sweep = parallel_wandb_sweep
     for job, name in (("0_UP_strong", b"UP_strong"), ("1_CMP_strong", b"CMP_strong")):
         runs = list((sweep / job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, runs  # one run per job, not one run across the sweep
         blob = next(runs[0].glob("run-*.wandb")).read_bytes()
-        assert name in blob and b"sweep_wandb" in blob  # run name and group (the sweep folder)
+        assert name in blob and b"sweep_parallel" in blob  # run name and group (the sweep folder)
 
 
 def test_run_is_finished_when_the_job_fails(tmp_path, monkeypatch):
