@@ -118,7 +118,7 @@ def _reference_strong(image, mask, margin_mm=5.0, angles=(30, 60, 90, 180), size
 
     from monai.transforms import Compose, CropForegroundd, Orientationd, Spacingd
 
-    from src.data.preprocess import KEYS, RAS_LABELS, BinarizeMaskd, _margin_voxels, roi_view_transforms
+    from src.data.preprocess import KEYS, RAS_LABELS, BinarizeMaskd, margin_voxels, roi_view_transforms
 
     spacing = [float(v) for v in torch.linalg.norm(torch.as_tensor(image.affine)[:3, :3], dim=0)]
     idx = torch.nonzero(torch.as_tensor(mask)[0] > 0)  # the tumour's inclusive voxel box, as the old pipeline
@@ -129,7 +129,7 @@ def _reference_strong(image, mask, margin_mm=5.0, angles=(30, 60, 90, 180), size
     base = Compose([
         BinarizeMaskd("mask"),
         Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
-        CropForegroundd(keys=KEYS, source_key="mask", margin=_margin_voxels(spacing, context), allow_smaller=True),
+        CropForegroundd(keys=KEYS, source_key="mask", margin=margin_voxels(spacing, context), allow_smaller=True),
         Spacingd(keys=KEYS, pixdim=(1.0, 1.0, 1.0), mode=(3, "nearest"), padding_mode="border"),
     ])({"image": image, "mask": mask})
     views = roi_view_transforms(size, round(margin_mm), True, (0.0, *map(float, angles)))(base)

@@ -64,7 +64,7 @@ class BinarizeMaskd(MapTransform):
         return d
 
 
-def _margin_voxels(spacing: Sequence[float], margin_mm: Sequence[float]) -> list[int]:
+def margin_voxels(spacing: Sequence[float], margin_mm: Sequence[float]) -> list[int]:
     return [math.ceil(m / float(s)) for s, m in zip(spacing, margin_mm)]
 
 
@@ -191,7 +191,7 @@ def roi_transforms(spacing: Sequence[float], context_mm: Sequence[float] | None,
     ``context_mm=None``: no crop here (``preprocess_strong`` crops the stored volume before this).
     """
     crop = [] if context_mm is None else [
-        CropForegroundd(keys=KEYS, source_key="mask", margin=_margin_voxels(spacing, context_mm), allow_smaller=True)]
+        CropForegroundd(keys=KEYS, source_key="mask", margin=margin_voxels(spacing, context_mm), allow_smaller=True)]
     return Compose([
         BinarizeMaskd("mask", label=tumour_label),
         Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
@@ -321,7 +321,7 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
     slack = 2 * max(spacing)
     # half the rotated cube's diagonal beyond the tumour box (a superset of what any view needs)
     context_mm = [side_mm * math.sqrt(2) / 2 - float(e) / 2 + slack for e in extent]
-    margin = np.asarray(_margin_voxels(spacing, context_mm))
+    margin = np.asarray(margin_voxels(spacing, context_mm))
     start, end = np.maximum(lo - margin, 0), np.minimum(hi + 1 + margin, np.asarray(shape))
     base = roi_transforms(spacing, None, target_spacing, tumour_label)(
         {"image": _crop(image, start, end), "mask": _crop(mask, start, end)})
