@@ -43,9 +43,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if resume:
                 log.info("resuming from %s", resume)
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-            ckpt = trainer.checkpoint_callback
+            ckpt = trainer.checkpoint_callback  # the first ModelCheckpoint: the best model by val_auc
             best = cfg.get("test_ckpt", "best") == "best" and ckpt is not None and ckpt.best_model_path
-            test_ckpt = "best" if best else None
+            test_ckpt = ckpt.best_model_path if best else None
         else:  # evaluate a given checkpoint
             test_ckpt = cfg.ckpt_path
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
@@ -64,7 +64,9 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from src.errors import InputError
+    from src.utils.console import quiet_warnings
 
+    quiet_warnings()
     job_dir = Path(cfg.paths.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN and not runtime.is_ddp_child()
     if cfg.get("resume", False) and runtime.job_status(job_dir) == "done":

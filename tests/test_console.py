@@ -176,3 +176,18 @@ def test_stock_hydra_logging_prints_lightning_records_twice(logged):
     assert sum(ln.endswith("pytorch-stock") for ln in console.splitlines()) == 2
     assert sum(ln.endswith("fabric-stock") for ln in console.splitlines()) == 2
     assert console.count("Tip: ") == 2
+
+
+def test_quiet_warnings_drops_only_the_listed_library_warnings():
+    import warnings
+
+    from src.utils.console import quiet_warnings
+
+    msg = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_warnings()
+        warnings.warn_explicit(msg, DeprecationWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit(msg, DeprecationWarning, "mine.py", 1, module="src.models.module")  # ours: kept
+        warnings.warn_explicit("other", UserWarning, "_pytree.py", 22, module="lightning.pytorch.utilities._pytree")
+    assert [(str(w.message)[:5], w.filename) for w in caught] == [("`isin", "mine.py"), ("other", "_pytree.py")]

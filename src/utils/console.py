@@ -9,11 +9,18 @@ and never reaches Lightning's own handler, whichever of Hydra and Lightning sets
 
 Lightning also logs advertising tips ("💡 Tip: ... try installing litlogger ...") through
 ``rank_zero_info``, with no setting to turn them off; ``LightningTipFilter`` drops them at Hydra's
-handlers. Only ``logging`` is imported here, so that composing the config stays fast.
+handlers. :func:`quiet_warnings` silences third-party warnings a user cannot act on. Only ``logging``
+and ``warnings`` are imported here, so that composing the config stays fast.
 """
 from __future__ import annotations
 
 import logging
+import warnings
+
+# (message regex, module regex): deprecations inside the installed libraries, not in this project's calls
+THIRD_PARTY_WARNINGS = (
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch\.utilities\._pytree"),
+)
 
 
 class LightningTipFilter(logging.Filter):
@@ -23,3 +30,9 @@ class LightningTipFilter(logging.Filter):
         if not record.name.startswith("lightning"):
             return True
         return not record.getMessage().lstrip("💡 ").startswith("Tip:")
+
+
+def quiet_warnings() -> None:
+    """Ignore the warnings of ``THIRD_PARTY_WARNINGS`` (raised inside the libraries, once per job)."""
+    for message, module in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
