@@ -30,6 +30,7 @@ from src.reporting.tables import (
     table1_baseline,
     table2_strong,
     table3_weak,
+    thresholds_table,
 )
 from src.utils.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
@@ -113,7 +114,7 @@ def _n_section(sweep: Sweep) -> str:
     )
 
 
-def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str]) -> str:
+def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.DataFrame | None = None) -> str:
     md = [
         f"# Report: {sweep.path.name}\n\n",
         f"Sweep folder: `{sweep.path}`  \nGenerated: {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n\n",
@@ -222,6 +223,11 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str]) -> str:
             mc, ["phase", "metric", "n", "strong", "weak", "b_strong_only", "c_weak_only", "p", "p_chisq", "note"]
         )
     )
+    if th is not None and len(th):
+        md.append("\n## Decision thresholds (testing set, patient level)\n\n"
+                  "`paper`: P(high) > 0.5, as the paper and Tables 2-3. `youden`: P(high) > the Youden threshold "
+                  "chosen on the job's validation patients (never on the testing set).\n\n")
+        md.append(_md_table(th, list(th.columns)))
     md.append(
         "\n## Methods\n\n"
         '- AUC 95% CI: DeLong (1988), equal to R pROC `ci.auc(method="delong")`, clipped to [0, 1]; '
@@ -258,6 +264,8 @@ def write_report(sweep_dir: str | Path) -> Path:
     t3 = table3_weak(sweep)
     dl = delong_pairs(sweep)
     mc = mcnemar_strong_vs_weak(sweep)
+    th = thresholds_table(sweep)
+    _write_csv(out / "thresholds.csv", th)
     if t1 is not None:
         _write_csv(out / "table1_baseline.csv", t1)
     _write_csv(out / "table2_strong.csv", t2)
@@ -284,7 +292,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     for phase, name in figure6_panels(sweep, out, PAPER_PHASE_ORDER).items():
         figs[f"gradcam_{phase}"] = name
     report = out / "report.md"
-    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs))
+    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs, th))
     return report
 
 

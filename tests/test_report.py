@@ -52,7 +52,9 @@ def _make_job(root, n, phase, sup, *, fail=False, layout="hydra"):
             pd.DataFrame(rows, columns=["patient_id", "slice_index", "label", "prob_high"]).to_csv(
                 d / "predictions" / f"{split}_slices.csv", index=False
             )
-    (d / "metrics.json").write_text(json.dumps({"phase": phase, "supervision": sup, "test_auc": 0.0}))
+    youden = {"threshold": 0.5, "youden_threshold": 0.31 + n / 100, "test_youden_accuracy": 0.6,
+              "test_youden_sensitivity": 0.7, "test_youden_specificity": 0.5} if n == 1 else {}
+    (d / "metrics.json").write_text(json.dumps({"phase": phase, "supervision": sup, "test_auc": 0.0, **youden}))
     return d
 
 
@@ -84,6 +86,17 @@ def sweep(tmp_path_factory):
     pd.DataFrame(man).to_csv(root / "manifest.csv", index=False)
     report = write_report(root)
     return root, report
+
+
+def test_thresholds_table_reads_both_operating_points(sweep):
+    root, report = sweep
+    th = pd.read_csv(root / "report" / "thresholds.csv")
+    assert list(th[["supervision", "phase"]].itertuples(index=False, name=None)) == [
+        ("strong", "CMP"), ("strong", "NP"), ("strong", "UP"), ("weak", "UP")]
+    cmp_ = th.iloc[0]
+    assert (cmp_.paper_threshold, cmp_.youden_threshold, cmp_.youden_sensitivity) == (0.5, 0.32, 0.7)
+    assert th.iloc[1][["youden_threshold", "youden_accuracy"]].isna().all()  # not recorded: NaN, not invented
+    assert "## Decision thresholds" in report.read_text(encoding="utf-8")
 
 
 def _pred(root, job, split="test"):

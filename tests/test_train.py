@@ -34,6 +34,26 @@ def test_fit_and_test_write_predictions_and_metrics(cfg_factory, tmp_path, super
     else:
         assert (test.pred == (test.prob_high > 0.5)).all()
     assert list((out / "checkpoints").glob("*.ckpt"))
+    # model selection: val_auc (the monitor) is patient level for both supervisions; the best file names it
+    curves = pd.read_csv(out / "csv" / "metrics.csv")
+    per_epoch = curves.dropna(subset=["val_loss"]).set_index("epoch")
+    best = next(p for p in (out / "checkpoints").glob("epoch*.ckpt"))
+    epoch, auc = int(best.name[5:8]), float(best.stem.split("val_auc")[1])
+    assert auc == pytest.approx(per_epoch["val_auc"].max(), abs=1e-4) and per_epoch["val_auc"][epoch] == auc
+    assert ("val_slice_auc" in curves) == (supervision == "weak")
+    val = pd.read_csv(out / "predictions" / "val.csv", dtype={"patient_id": str})
+    assert len(val) == saved["n_val"] == 20 - 6 - 11 and set(val.patient_id) <= set(train_.patient_id)
+    if supervision == "weak":  # the validation patients' AUC with the selected checkpoint is the one it was picked by
+        assert saved["val_auc"] == pytest.approx(auc, abs=1e-4)
+    # the second operating point is chosen on the validation patients, applied to the test patients
+    if val.label.nunique() == 2:
+        from src.stats import threshold_metrics, youden_threshold
+
+        thr = youden_threshold(val.label, val.prob_high)
+        m = threshold_metrics(test.label, test.prob_high, thr)
+        assert saved["youden_threshold"] == pytest.approx(thr)
+        assert saved["test_youden_sensitivity"] == pytest.approx(m.sensitivity.value)
+        assert saved["test_youden_specificity"] == pytest.approx(m.specificity.value)
 
 
 def test_second_run_reads_the_cache(cfg_factory, tmp_path):

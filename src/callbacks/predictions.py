@@ -11,7 +11,9 @@ epoch-end hook, whatever their order) it adds the metrics of callbacks that cont
 - weak: ``predictions/{set}_slices.csv``: ``patient_id,slice_index,label,prob_high``;
 - ``cohort.csv``: patient_id, grade, split and clinical columns (Table 1 of the report);
 - ``metrics.json``: ``{set}_auc`` (+ ``_low``/``_high``, DeLong 95% CI), ``{set}_accuracy``,
-  ``{set}_sensitivity``, ``{set}_specificity``, ``n_{set}``; weak also ``{set}_slice_*``.
+  ``{set}_sensitivity``, ``{set}_specificity`` (at ``threshold``, the paper's 0.5), ``n_{set}``, for the
+  sets train, val (the validation patients, with the selected checkpoint) and test; weak also
+  ``{set}_slice_*``; ``youden_threshold`` (chosen on the validation patients) and ``{set}_youden_*``.
 Files are written to a temporary name and renamed (never half-written).
 """
 from __future__ import annotations
@@ -75,6 +77,48 @@ def gather_outputs(outputs: list[dict[str, torch.Tensor]]) -> pd.DataFrame:
     return df.drop_duplicates(["patient", "slice"]).sort_values(["patient", "slice"]).reset_index(drop=True)
 
 
+def youden_metrics(frames: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """A second operating point, chosen without the test set: the Youden threshold on the validation
+    patients' P(high) (``youden_threshold``, ``src.stats.youden_threshold``) and the accuracy, sensitivity
+    and specificity of the training and test patients at it (``{set}_youden_*``). Empty without a
+    validation set holding both classes."""
+    from src.stats import threshold_metrics, youden_threshold
+
+    val = frames.get("val")
+    if val is None or val["label"].nunique() < 2:
+        return {}
+    thr = youden_threshold(val["label"].to_numpy(), val["prob_high"].to_numpy())
+    out = {"youden_threshold": float(thr)}
+    for name in ("train", "test"):
+        if name in frames:
+            m = threshold_metrics(frames[name]["label"].to_numpy(), frames[name]["prob_high"].to_numpy(), thr)
+            out.update({f"{name}_youden_accuracy": m.accuracy.value, f"{name}_youden_sensitivity": m.sensitivity.value,
+                        f"{name}_youden_specificity": m.specificity.value})
+    return out
+
+
+def patient_table(df: pd.DataFrame, dm, threshold: float, aggregation: dict) -> pd.DataFrame:
+    """Per-patient ``patient, label, prob_high, pred`` from :func:`gather_outputs`' rows: strong rows are
+    patients already (``pred = decide(prob_high, threshold)``); weak slices are aggregated with
+    ``aggregation`` (``src.callbacks.aggregation.aggregate_patient``; masks from ``dm.slice_mask``)."""
+    from src.stats import decide
+
+    if (df["slice"] < 0).all():  # strong: one row per patient already
+        out = df[["patient", "label", "p_high"]].rename(columns={"p_high": "prob_high"})
+        out["pred"] = decide(out["prob_high"], threshold)
+        return out
+    from src.callbacks.aggregation import aggregate_patient
+
+    rows = []
+    for pid, g in df.groupby("patient", sort=True):
+        masks = np.stack([dm.slice_mask(pid, int(z)) for z in g["slice"]])
+        res = aggregate_patient(g["slice"].to_numpy(), g[["p_low", "p_high"]].to_numpy(), masks,
+                                threshold=threshold, **aggregation)
+        rows.append({"patient": pid, "label": int(g["label"].iloc[0]), "prob_high": res.prob_high,
+                     "pred": int(res.pred)})
+    return pd.DataFrame(rows)
+
+
 class PredictionWriter(L.Callback):
     """``threshold``: the decision threshold on P(high) (``src.stats.decide``); ``aggregation``: the weak
     model's slice -> patient rule (``src.callbacks.aggregation.aggregate_patient``); ``meta``: written
@@ -88,24 +132,6 @@ class PredictionWriter(L.Callback):
         self.outputs: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self.frames: dict[str, pd.DataFrame] = {}
         self.metrics: dict[str, float] = {}
-
-    def _patients(self, df: pd.DataFrame, dm) -> pd.DataFrame:
-        from src.stats import decide
-
-        if (df["slice"] < 0).all():  # strong: one row per patient already
-            out = df[["patient", "label", "p_high"]].rename(columns={"p_high": "prob_high"})
-            out["pred"] = decide(out["prob_high"], self.threshold)
-            return out
-        from src.callbacks.aggregation import aggregate_patient
-
-        rows = []
-        for pid, g in df.groupby("patient", sort=True):
-            masks = np.stack([dm.slice_mask(pid, int(z)) for z in g["slice"]])
-            res = aggregate_patient(g["slice"].to_numpy(), g[["p_low", "p_high"]].to_numpy(), masks,
-                                    threshold=self.threshold, **self.aggregation)
-            rows.append({"patient": pid, "label": int(g["label"].iloc[0]), "prob_high": res.prob_high,
-                         "pred": int(res.pred)})
-        return pd.DataFrame(rows)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.outputs.clear()
@@ -123,7 +149,7 @@ class PredictionWriter(L.Callback):
             df = gather_outputs(self.outputs.get(idx, []))
             if df.empty:
                 continue
-            patients = self._patients(df, dm)
+            patients = patient_table(df, dm, self.threshold, self.aggregation)
             patients.insert(0, "patient_id", [dm.patient_ids[i] for i in patients["patient"]])
             frames[name] = patients.drop(columns="patient")[["patient_id", "label", "prob_high", "pred"]]
             metrics.update(score(patients["label"].to_numpy(), patients["prob_high"].to_numpy(),
@@ -135,6 +161,7 @@ class PredictionWriter(L.Callback):
                 metrics.update(score(df["label"].to_numpy(), df["p_high"].to_numpy(),
                                      decide(df["p_high"], self.threshold), f"{name}_slice"))
         self.outputs.clear()
+        metrics.update(youden_metrics(frames))
         self.frames, self.metrics = frames, metrics
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -151,7 +178,7 @@ class PredictionWriter(L.Callback):
         for fname, frame in self.frames.items():
             atomic_write_csv(self.output_dir / "predictions" / f"{fname}.csv", frame, float_format="%.10g")
         atomic_write_csv(self.output_dir / "cohort.csv", dm.cohort_table(), float_format="%.10g")
-        summary = {**self.meta, **metrics}
+        summary = {**self.meta, "threshold": self.threshold, **metrics}
         if any(name.endswith("_slices") for name in self.frames):
             summary["aggregation"] = self.aggregation["method"]
         atomic_write_text(self.output_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -39,11 +39,12 @@ class GradeDataModule(L.LightningDataModule):
     """``source``: a cohort source (``src/data/sources.py``); ``preprocess``: the preprocess config group;
     ``split``: ``test_fraction``, ``val_fraction``; ``loader``: ``batch_size``, ``eval_batch_size``,
     ``num_workers``, ``pin_memory``, ``device_resident`` (true | false | auto), ``device_resident_max_fraction``;
-    ``validation``: ``on_invalid``, ``geometry_tolerance``; ``workers``: processes for cohort generation and
+    ``validation``: ``on_invalid``, ``geometry_tolerance``; ``augment``: random training augmentation
+    (``src/data/augment.py``; ``enabled`` and its parameters); ``workers``: processes for cohort generation and
     preprocessing (0: this one; auto: the CPUs, shared by ``concurrent_jobs`` jobs)."""
 
     def __init__(self, source, phase: str, supervision: str, cache_dir: str, preprocess: dict, split: dict,
-                 loader: dict, validation: dict, tumour_label: int | None = None, seed: int = 0,
+                 loader: dict, validation: dict, augment: dict, tumour_label: int | None = None, seed: int = 0,
                  workers: int | str = 0, concurrent_jobs: int = 1):
         super().__init__()
         self.source, self.phase, self.supervision = source, phase, check_supervision(supervision)
@@ -61,6 +62,12 @@ class GradeDataModule(L.LightningDataModule):
         self.slice_masks: dict[tuple[int, int], np.ndarray] = {}
         self.bank = None
         self.data_device = torch.device("cpu")
+        self.augment = None
+        if augment.get("enabled"):
+            from src.data.augment import BatchAugmentation
+
+            size = self.pp["roi_size"] if supervision == "strong" else self.pp["slice_size"]
+            self.augment = BatchAugmentation(augment, size, seed)
 
     # ---------------------------------------------------------------- cohort and cache
     def n_workers(self, shared: bool = False) -> int:
@@ -173,6 +180,13 @@ class GradeDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=batch, shuffle=False, sampler=sampler, num_workers=workers,
                           collate_fn=collated, pin_memory=pin, persistent_workers=workers > 0)
 
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Training batches only, on the training device: random augmentation (``data.augment``)."""
+        trainer = self.trainer
+        if self.augment is not None and trainer is not None and trainer.training:
+            batch["image"] = self.augment(batch["image"], step=trainer.global_step, rank=trainer.global_rank)
+        return batch
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["fit"], train=True)
 
@@ -180,7 +194,8 @@ class GradeDataModule(L.LightningDataModule):
         return self._loader(self.datasets["val"], train=False) if "val" in self.datasets else []
 
     def test_set_names(self) -> list[str]:
-        return [n for n in ("train", "test") if n in self.datasets]
+        """The sets of the final test pass: training-set patients, held-out patients, validation patients."""
+        return [n for n in ("train", "test", "val") if n in self.datasets]
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.datasets[n], train=False) for n in self.test_set_names()]

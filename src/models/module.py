@@ -29,8 +29,10 @@ def _metrics(prefix: str) -> MetricCollection:
 
 class GradeModule(L.LightningModule):
     def __init__(self, net: nn.Module, optimizer, scheduler=None, label_smoothing: float = 0.0,
-                 cam_layer: str | None = None):
-        """``cam_layer``: the network's layer Grad-CAM explains (recorded in the hyper-parameters)."""
+                 cam_layer: str | None = None, val_metrics_prefix: str = "val_"):
+        """``cam_layer``: the network's layer Grad-CAM explains (recorded in the hyper-parameters);
+        ``val_metrics_prefix``: the name of the per-sample validation metrics (``val_``: the samples are the
+        patients; weak: ``val_slice_``, the patient-level ``val_*`` come from ``PatientValidation``)."""
         super().__init__()
         # the network and the optimizer factories are objects: the run's Hydra config records them
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
@@ -41,7 +43,7 @@ class GradeModule(L.LightningModule):
         # mean training loss of the epoch: a metric updated on the device and logged once per epoch (a
         # per-step self.log costs host time on every step)
         self.train_loss = MeanMetric(nan_strategy="disable")
-        self.val_metrics = _metrics("val_")
+        self.val_metrics = _metrics(val_metrics_prefix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -68,6 +70,7 @@ class GradeModule(L.LightningModule):
         self.val_metrics.update(logits.softmax(-1)[:, 1], batch["label"])
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=len(logits))
+        return self._predictions(batch, logits)
 
     def on_validation_epoch_end(self):
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
@@ -75,9 +78,12 @@ class GradeModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         """This batch's class probabilities with its ids, on the host (collected by the prediction writer)."""
-        logits = self(batch["image"].float())
+        return self._predictions(batch, self(batch["image"].float()))
+
+    @staticmethod
+    def _predictions(batch, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"patient": batch["patient"].detach().cpu(), "slice": batch["slice"].detach().cpu(),
-                "label": batch["label"].detach().cpu(), "prob": logits.float().softmax(-1).detach().cpu()}
+                "label": batch["label"].detach().cpu(), "prob": logits.detach().float().softmax(-1).cpu()}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

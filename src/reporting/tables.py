@@ -226,6 +226,28 @@ def mcnemar_strong_vs_weak(sweep: Sweep, split: str = "test") -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # Table 1
 # ------------------------------------------------------------------------------------------------
+def thresholds_table(sweep: Sweep) -> pd.DataFrame:
+    """Testing-set accuracy, sensitivity and specificity of each model at the paper's threshold and at
+    the Youden threshold chosen on its validation patients (from metrics.json; NaN when not recorded)."""
+    rows = []
+    for sup in ("strong", "weak"):
+        for phase in PAPER_PHASE_ORDER:
+            job = sweep.models.get((phase, sup))
+            if job is None:
+                continue
+            m = job.metrics
+            row = {"supervision": sup, "phase": phase}
+            for label, key, thr in (("paper", "test", m.get("threshold", 0.5)),
+                                    ("youden", "test_youden", m.get("youden_threshold", np.nan))):
+                row[f"{label}_threshold"] = thr
+                for metric in ("accuracy", "sensitivity", "specificity"):
+                    row[f"{label}_{metric}"] = m.get(f"{key}_{metric}", np.nan)
+            rows.append(row)
+    cols = ["supervision", "phase"] + [f"{lab}_{k}" for lab in ("paper", "youden")
+                                        for k in ("threshold", "accuracy", "sensitivity", "specificity")]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def _num(s: pd.Series) -> pd.Series:
     return pd.to_numeric(s.replace("", np.nan), errors="coerce")
 

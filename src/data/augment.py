@@ -1,0 +1,70 @@
+"""Random augmentation of training batches (``data.augment``): MONAI dictionary transforms, seeded.
+
+Per sample, in this order: one rotation drawn from ``angles_deg`` (the paper's 30/60/90/180 deg, and 0)
+about the axial axis; with probability ``affine_prob`` a small random affine (rotation jitter, scale,
+translation); a left-right flip with probability ``flip_prob``; intensity scale and shift; Gaussian
+noise with probability ``noise_prob``. Intensities are the preprocessed (z-scored) values, so the
+intensity parameters are in z units. Spatial transforms pad with the border value.
+
+Applied only to training batches, after they reach the training device (on the GPU when the data are
+device-resident; ``GradeDataModule.on_after_batch_transfer``). The random state is reset for every
+batch from (seed, process rank, optimiser step): a resumed run draws exactly the augmentations of an
+uninterrupted one, and the processes of a DDP job draw different ones.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_transform(cfg: dict, size):
+    """The MONAI ``Compose`` of ``cfg`` (the ``data.augment`` group) for images of spatial ``size``
+    (2D slices or 3D ROIs); ``translate`` is a fraction of each side."""
+    from monai.transforms import (
+        Compose,
+        Identityd,
+        OneOf,
+        RandAffined,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        Rotated,
+    )
+
+    spatial_dims = len(size)
+
+    def about_axial(rad: float):
+        return rad if spatial_dims == 2 else (0.0, 0.0, rad)  # 3D arrays are (x, y, z): z is axial
+
+    rotations = [Identityd(keys="image") if float(a) == 0.0 else
+                 Rotated(keys="image", angle=about_axial(math.radians(float(a))), keep_size=True,
+                         padding_mode="border", mode="bilinear")
+                 for a in cfg["angles_deg"]]
+    jitter = math.radians(float(cfg["rotate_jitter_deg"]))
+    return Compose([
+        OneOf(rotations),
+        RandAffined(keys="image", prob=float(cfg["affine_prob"]), rotate_range=about_axial(jitter),
+                    scale_range=[float(cfg["scale"])] * spatial_dims,
+                    translate_range=[float(cfg["translate"]) * int(n) for n in size],
+                    padding_mode="border", mode="bilinear"),
+        RandFlipd(keys="image", prob=float(cfg["flip_prob"]), spatial_axis=0),
+        RandScaleIntensityd(keys="image", factors=float(cfg["intensity_scale"]), prob=1.0),
+        RandShiftIntensityd(keys="image", offsets=float(cfg["intensity_shift"]), prob=1.0),
+        RandGaussianNoised(keys="image", prob=float(cfg["noise_prob"]), std=float(cfg["noise_std"])),
+    ])
+
+
+class BatchAugmentation:
+    """Augments a batch of images ``(N, 1, *spatial)`` sample by sample with :func:`build_transform`."""
+
+    def __init__(self, cfg: dict, size, seed: int):
+        self.size, self.seed = tuple(int(n) for n in size), int(seed)
+        self.transform = build_transform(cfg, self.size)
+
+    def __call__(self, images: torch.Tensor, step: int, rank: int = 0) -> torch.Tensor:
+        self.transform.set_random_state(seed=(self.seed * 1_000_003 + rank * 7_919 + int(step)) % 2**32)
+        x = images.float()
+        out = [self.transform({"image": x[i]})["image"] for i in range(len(x))]
+        return torch.stack([torch.as_tensor(o) for o in out]).to(images.dtype)

@@ -1,0 +1,59 @@
+"""Training-time augmentation (src/data/augment.py): seeded per step, training batches only, 2D and 3D."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from src.data.augment import BatchAugmentation
+from tests.conftest import compose_cfg, compose_datamodule
+
+
+@pytest.fixture
+def augment_cfg(tmp_path):
+    return dict(compose_cfg(["supervision=weak"], tmp_path / "job", tmp_path).data.augment)
+
+
+def test_weak_is_augmented_by_default_strong_is_not(tmp_path, augment_cfg):
+    assert augment_cfg["enabled"] is True and [0, 30, 60, 90, 180] == list(augment_cfg["angles_deg"])
+    assert compose_cfg(["supervision=strong"], tmp_path / "job", tmp_path).data.augment.enabled is False
+
+
+def test_same_step_same_draw_other_step_other_draw(augment_cfg):
+    aug = BatchAugmentation(augment_cfg, (32, 32), seed=0)
+    x = torch.randn(6, 1, 32, 32).half()
+    a, b, c = aug(x, step=3), aug(x, step=3), aug(x, step=4)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(aug(x, step=3, rank=1), a)  # DDP ranks draw differently
+    assert not torch.equal(BatchAugmentation(augment_cfg, (32, 32), seed=1)(x, step=3), a)
+    assert not torch.equal(a, x)
+
+
+def test_rotations_are_the_listed_ones(augment_cfg):
+    """Only the discrete rotation: a centred bar rotated by 90 deg is a bar along the other axis."""
+    cfg = {**augment_cfg, "angles_deg": [90], "affine_prob": 0.0, "flip_prob": 0.0, "intensity_scale": 0.0,
+           "intensity_shift": 0.0, "noise_prob": 0.0}
+    x = torch.zeros(1, 1, 17, 17)
+    x[0, 0, 8, 2:15] = 1.0
+    y = BatchAugmentation(cfg, (17, 17), seed=0)(x, step=0)
+    assert torch.allclose(y[0, 0], x[0, 0].T, atol=1e-4)
+
+
+def test_3d_rois_rotate_about_the_axial_axis(augment_cfg):
+    cfg = {**augment_cfg, "angles_deg": [90], "affine_prob": 0.0, "flip_prob": 0.0, "intensity_scale": 0.0,
+           "intensity_shift": 0.0, "noise_prob": 0.0}
+    x = torch.zeros(1, 1, 9, 9, 9)
+    x[0, 0, 4, 1:8, 4] = 1.0  # along y at the centre: rotated about z it lies along x, in the same z plane
+    y = BatchAugmentation(cfg, (9, 9, 9), seed=0)(x, step=0)[0, 0]
+    assert torch.allclose(y[1:8, 4, 4], torch.ones(7), atol=1e-4) and float(y[4, 4, :].sum()) == pytest.approx(1.0)
+
+
+def test_only_training_batches_are_augmented(tmp_path):
+    dm = compose_datamodule(["supervision=weak"], tmp_path)
+    batch = {"image": torch.randn(4, 1, 32, 32)}
+    for training, changed in ((True, True), (False, False)):
+        dm.trainer = SimpleNamespace(training=training, global_step=2, global_rank=0)
+        out = dm.on_after_batch_transfer({"image": batch["image"].clone()}, 0)
+        assert (not torch.equal(out["image"], batch["image"])) == changed
