@@ -27,6 +27,7 @@ from src.reporting.tables import (
     fmt,
     fmt_p,
     mcnemar_strong_vs_weak,
+    seeds_table,
     table1_baseline,
     table2_strong,
     table3_weak,
@@ -84,7 +85,8 @@ def _jobs_section(sweep: Sweep) -> str:
             out.append(f"- `{j.name}` ({j.phase or '?'} {j.supervision or '?'}): {j.reason}\n")
     if sweep.duplicates:
         out.append(
-            "\nDuplicate jobs not used (an earlier job had the same phase/supervision): "
+            "\nJobs of the same phase/supervision after the first (other seeds: see Repeated seeds; Tables 2-3 "
+            "use the first): "
             + ", ".join(f"`{j.name}`" for j in sweep.duplicates)
             + "\n"
         )
@@ -114,7 +116,8 @@ def _n_section(sweep: Sweep) -> str:
     )
 
 
-def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.DataFrame | None = None) -> str:
+def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.DataFrame | None = None,
+              sd: pd.DataFrame | None = None) -> str:
     md = [
         f"# Report: {sweep.path.name}\n\n",
         f"Sweep folder: `{sweep.path}`  \nGenerated: {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n\n",
@@ -223,6 +226,18 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
             mc, ["phase", "metric", "n", "strong", "weak", "b_strong_only", "c_weak_only", "p", "p_chisq", "note"]
         )
     )
+    if sd is not None and (sd["seed"] == "sd").any() and sd.loc[sd["seed"] == "sd", "test_auc"].notna().any():
+        stats = sd[sd["seed"].isin(["mean", "sd"])]
+        summary = stats.pivot_table(index=["supervision", "phase"], columns="seed", values="test_auc",
+                                    aggfunc="first", dropna=False).reset_index()
+        summary["test AUC, mean +- SD over seeds"] = [f"{fmt(m)} +- {fmt(s)}"
+                                                      for m, s in zip(summary["mean"], summary["sd"])]
+        summary["seeds"] = [sd[(sd.supervision == a) & (sd.phase == b) & ~sd.seed.isin(["mean", "sd"])].shape[0]
+                            for a, b in zip(summary.supervision, summary.phase)]
+        md.append("\n## Repeated seeds (testing set, patient level)\n\n"
+                  "Jobs that differ only in `seed` (`-m ... seed=0,1,2`); Tables 2-3 use the first job of each model. "
+                  "Every seed's value: `seeds.csv`.\n\n")
+        md.append(_md_table(summary, ["supervision", "phase", "seeds", "test AUC, mean +- SD over seeds"]))
     if th is not None and len(th):
         md.append("\n## Decision thresholds (testing set, patient level)\n\n"
                   "`paper`: P(high) > 0.5, as the paper and Tables 2-3. `youden`: P(high) > the Youden threshold "
@@ -266,6 +281,8 @@ def write_report(sweep_dir: str | Path) -> Path:
     mc = mcnemar_strong_vs_weak(sweep)
     th = thresholds_table(sweep)
     _write_csv(out / "thresholds.csv", th)
+    sd = seeds_table(sweep)
+    _write_csv(out / "seeds.csv", sd)
     if t1 is not None:
         _write_csv(out / "table1_baseline.csv", t1)
     _write_csv(out / "table2_strong.csv", t2)
@@ -292,7 +309,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     for phase, name in figure6_panels(sweep, out, PAPER_PHASE_ORDER).items():
         figs[f"gradcam_{phase}"] = name
     report = out / "report.md"
-    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs, th))
+    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs, th, sd))
     return report
 
 

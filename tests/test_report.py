@@ -238,3 +238,21 @@ def test_phase_from_config_or_metrics_when_folder_name_is_unusual(tmp_path):
     job = load_job(renamed)  # falls back to metrics.json
     assert (job.phase, job.supervision) == ("NP", "weak")
     assert set(job.slices) == {"train", "test"}
+
+
+def test_jobs_that_differ_only_in_seed_are_grouped(tmp_path):
+    root = tmp_path / "seeds"
+    root.mkdir()
+    for n, (phase, seed, auc) in enumerate([("CMP", 0, 0.7), ("CMP", 1, 0.8), ("CMP", 2, 0.9), ("UP", 0, 0.6)]):
+        d = _make_job(root, n, phase, "strong")
+        (d / "metrics.json").write_text(json.dumps({"phase": phase, "supervision": "strong", "seed": seed,
+                                                     "test_auc": auc, "test_accuracy": 0.5}))
+    report = write_report(root).read_text(encoding="utf-8")
+    sd = pd.read_csv(root / "report" / "seeds.csv", dtype={"seed": str})
+    cmp_ = sd[sd.phase == "CMP"].set_index("seed")
+    assert list(cmp_.index) == ["0", "1", "2", "mean", "sd"]
+    assert cmp_.loc["mean", "test_auc"] == pytest.approx(0.8) and cmp_.loc["sd", "test_auc"] == pytest.approx(0.1)
+    assert cmp_.loc["1", "job"] == "1_CMP_strong" and cmp_.loc["mean", "job"] == "3 seed(s)"
+    up = sd[sd.phase == "UP"].set_index("seed")
+    assert up.loc["mean", "test_auc"] == pytest.approx(0.6) and np.isnan(up.loc["sd", "test_auc"])
+    assert "## Repeated seeds" in report and "0.800 +- 0.100" in report

@@ -226,6 +226,30 @@ def mcnemar_strong_vs_weak(sweep: Sweep, split: str = "test") -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # Table 1
 # ------------------------------------------------------------------------------------------------
+SEED_METRICS = ("test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "train_auc")
+
+
+def seeds_table(sweep: Sweep) -> pd.DataFrame:
+    """Every ok job's test metrics with its seed (``metrics.json``), and per model (phase x supervision)
+    the mean and the sample SD across its seeds: rows ``seed`` = the seed, ``mean``, ``sd``. Models with a
+    single job get their row and a mean (SD NaN)."""
+    by_model: dict[tuple[str, str], list] = {}
+    for job in sweep.jobs:
+        if job.status == "ok" and job.phase and job.supervision:
+            by_model.setdefault((job.phase, job.supervision), []).append(job)
+    rows = []
+    order = {p: i for i, p in enumerate(PAPER_PHASE_ORDER)}
+    for (phase, sup), jobs in sorted(by_model.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
+        per = [{"supervision": sup, "phase": phase, "seed": str(j.metrics.get("seed", "?")), "job": j.name,
+                **{k: float(j.metrics.get(k, np.nan)) for k in SEED_METRICS}} for j in jobs]
+        rows += per
+        values = pd.DataFrame(per)[list(SEED_METRICS)]
+        for stat, v in (("mean", values.mean()), ("sd", values.std(ddof=1))):  # one seed: SD NaN
+            rows.append({"supervision": sup, "phase": phase, "seed": stat, "job": f"{len(per)} seed(s)",
+                         **v.to_dict()})
+    return pd.DataFrame(rows, columns=["supervision", "phase", "seed", "job", *SEED_METRICS])
+
+
 def thresholds_table(sweep: Sweep) -> pd.DataFrame:
     """Testing-set accuracy, sensitivity and specificity of each model at the paper's threshold and at
     the Youden threshold chosen on its validation patients (from metrics.json; NaN when not recorded)."""
