@@ -212,3 +212,28 @@ def test_strong_rois_do_not_depend_on_the_stored_axis_order(tmp_path):
     a = preprocess_strong(img_s, msk_s)["rois"]
     b = preprocess_strong(read_image(tmp_path / "b" / "i.nii.gz"), read_image(tmp_path / "b" / "m.nii.gz"))["rois"]
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("direction", [None, (-1, 0, 0, 0, -1, 0, 0, 0, 1)])  # RAS-like and LPS-stored
+def test_weak_field_of_view_is_physical_and_centred(tmp_path, direction):
+    """weak_fov_mm: a square view of that many mm around the tumour: a 20 mm square tumour fills
+    20/80 of each side of an 80 mm view wherever it lies, at its centre, on the same lesion slices."""
+    shape, sp = (90, 70, 6), (1.0, 1.0, 4.0)
+    img = np.random.default_rng(0).normal(40, 10, shape).astype(np.float32)
+    msk = np.zeros(shape, np.uint8)
+    msk[10:30, 45:65, 2:4] = 1  # 20 x 20 mm, near a corner: the view runs off the volume (padded)
+    img[msk > 0] += 100
+    kw = {} if direction is None else {"direction": direction}
+    write_image(img, tmp_path / "i.nii.gz", sp, **kw)
+    write_image(msk, tmp_path / "m.nii.gz", sp, **kw)
+    image, mask = read_image(tmp_path / "i.nii.gz"), read_image(tmp_path / "m.nii.gz")
+    whole = preprocess_weak(image, mask, size=(40, 40))
+    fov = preprocess_weak(image, mask, size=(40, 40), fov_mm=80.0)
+    np.testing.assert_array_equal(fov["slice_index"], whole["slice_index"])
+    m = np.unpackbits(fov["masks"], axis=-1, count=40).astype(bool)
+    for s in m:
+        rows, cols = np.flatnonzero(s.any(1)), np.flatnonzero(s.any(0))
+        assert len(rows) == pytest.approx(10, abs=1) and len(cols) == pytest.approx(10, abs=1)  # 20/80 of 40 px
+        assert (rows.mean(), cols.mean()) == (pytest.approx(19.5, abs=1), pytest.approx(19.5, abs=1))
+    assert m.mean() == pytest.approx((20 / 80) ** 2, abs=0.01)  # the tumour's physical share of the view
+    np.testing.assert_allclose(fov["slices"].astype(np.float32).mean(axis=(1, 2)), 0, atol=1e-2)  # z-scored view

@@ -291,11 +291,48 @@ class LesionSlicesd(MapTransform):
         return d
 
 
-def slice_transforms(size=(256, 256), tumour_label: int | None = None, min_voxels: int = 1) -> Compose:
-    """The weak pipeline: every tumour slice, z-scored per slice, resized to ``size``."""
+class TumourFovd(MapTransform):
+    """(1, X, Y, Z) RAS volumes -> (1, n_x, n_y, Z): the in-plane window of ``fov_voxels`` (n_x, n_y)
+    centred on the centre of the tumour's in-plane bounding box; beyond the volume the image is padded
+    with its edge values and the mask with 0."""
+
+    def __init__(self, keys: KeysCollection, fov_voxels: Sequence[int], mask_key: str = "mask"):
+        super().__init__(keys)
+        self.fov, self.mask_key = [int(v) for v in fov_voxels], mask_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        import torch.nn.functional as F
+
+        d = dict(data)
+        m = d[self.mask_key][0] > 0.5
+        start, pads = [], []
+        for ax, n in zip((0, 1), self.fov):
+            hit = torch.nonzero(m.any(dim=tuple(a for a in (0, 1, 2) if a != ax))).flatten()
+            if hit.numel() == 0:
+                raise ValueError("empty tumour mask")
+            s = int(round((int(hit[0]) + int(hit[-1]) + 1) / 2 - n / 2))
+            size = m.shape[ax]
+            start.append(s)
+            pads.append((max(0, -s), max(0, s + n - size)))
+        for k in self.key_iterator(d):
+            x = d[k].as_tensor() if hasattr(d[k], "as_tensor") else d[k]
+            is_mask = k == self.mask_key
+            x = F.pad(x, (0, 0, *pads[1], *pads[0]), mode="constant" if is_mask else "replicate")
+            sx, sy = start[0] + pads[0][0], start[1] + pads[1][0]
+            d[k] = x[:, sx:sx + self.fov[0], sy:sy + self.fov[1]].contiguous()
+        return d
+
+
+def slice_transforms(size=(256, 256), tumour_label: int | None = None, min_voxels: int = 1,
+                     fov_voxels: Sequence[int] | None = None) -> Compose:
+    """The weak pipeline: every tumour slice, z-scored per slice, resized to ``size``. ``fov_voxels``
+    (x, y): first the in-plane window of that many voxels around the tumour (:class:`TumourFovd`; a fixed
+    physical field of view, see :func:`preprocess_weak`)."""
+    fov = [] if fov_voxels is None else [TumourFovd(keys=KEYS, fov_voxels=fov_voxels)]
     return Compose([
         BinarizeMaskd("mask", label=tumour_label),
         Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
+        *fov,
         LesionSlicesd(keys=KEYS, min_voxels=min_voxels),
         NormalizeIntensityd(keys="image", channel_wise=True),
         Resized(keys=KEYS, spatial_size=tuple(size), mode=("bilinear", "nearest"),
@@ -332,12 +369,18 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
 
 
 def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = None,
-                    min_voxels: int = 1) -> dict[str, np.ndarray]:
+                    min_voxels: int = 1, fov_mm: float | None = None) -> dict[str, np.ndarray]:
     """Lesion slices of one case: ``slices`` (n, H, W) float16, ``masks`` packed bits, ``slice_index``.
 
     ``image``/``mask``: (1, X, Y, Z) MetaTensors or SimpleITK images. Only the range of stored slices
     (along the axis that becomes superior) that contains tumour is converted and reoriented;
     ``slice_index`` is the z index in the whole RAS-oriented volume, as before.
+
+    ``fov_mm`` (a deviation from the paper, which takes the whole slice): every lesion slice shows the
+    same square field of view of ``fov_mm`` mm centred on the tumour's in-plane bounding box, so the
+    tumour's size in the slice is its physical size and the z-score is taken over the lesion's
+    surroundings instead of a field of view that is mostly body outline and air. At the volume's
+    border the view is padded with edge values (the mask with 0). Only the window is read.
     """
     import nibabel as nib
 
@@ -348,9 +391,19 @@ def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = Non
     start, end = np.zeros(3, int), np.asarray(shape)
     if min_voxels >= 1:  # slices without any tumour voxel can never be lesion slices
         start[ax], end[ax] = lo[ax], hi[ax] + 1
+    fov_voxels = None
+    if fov_mm:
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)  # per stored axis
+        in_plane = [a for a in range(3) if a != ax]
+        for a in in_plane:  # read only the window (and a voxel of slack); TumourFovd centres and pads it
+            n = int(round(float(fov_mm) / spacing[a]))
+            first = int(round((lo[a] + hi[a] + 1) / 2 - n / 2)) - 1
+            start[a], end[a] = max(0, first), min(int(shape[a]), first + n + 2)
+        # the view's size per RAS in-plane axis (x, y): stored axis a becomes RAS axis ornt[a, 0]
+        fov_voxels = [int(round(float(fov_mm) / spacing[a])) for a in sorted(in_plane, key=lambda a: ornt[a, 0])]
     offset = int(start[ax]) if ornt[ax, 1] > 0 else int(shape[ax] - end[ax])
-    d = slice_transforms(size, tumour_label, min_voxels)({"image": _crop(image, start, end),
-                                                          "mask": _crop(mask, start, end)})
+    d = slice_transforms(size, tumour_label, min_voxels, fov_voxels)({"image": _crop(image, start, end),
+                                                                      "mask": _crop(mask, start, end)})
     img = np.asarray(d["image"], dtype=np.float32)
     msk = np.asarray(d["mask"]) > 0.5
     return {
@@ -382,7 +435,7 @@ def preprocess_case(case, supervision: str, params: Mapping, tumour_label: int |
                                      cube=params["cube"], angles=params["angles"], tumour_label=tumour_label,
                                      target_spacing=(float(params["spacing_mm"]),) * 3)
         return preprocess_weak(image, mask, size=params["slice_size"], tumour_label=tumour_label,
-                               min_voxels=params["min_tumour_voxels"])
+                               min_voxels=params["min_tumour_voxels"], fov_mm=params["weak_fov_mm"])
     except ValueError as exc:
         if "empty tumour mask" in str(exc):
             raise InputError("mask contains no tumour", case.patient_id, str(case.mask)) from None
