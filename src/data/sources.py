@@ -51,7 +51,8 @@ class SyntheticSource:
         return self.data_dir / f"synthetic_{self.spec.key()}" / "manifest.csv"
 
     def prepare(self, phase: str, cache_dir: str | Path, workers: int = 0) -> Path:
-        from src.data.synthetic import PHASES, generate_cohort
+        from src.data.manifest import PHASES
+        from src.data.synthetic import generate_cohort
 
         if phase not in PHASES:
             raise InputError(f"the synthetic cohort has no phase {phase} (it writes {', '.join(PHASES)})")
