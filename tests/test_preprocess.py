@@ -237,3 +237,34 @@ def test_weak_field_of_view_is_physical_and_centred(tmp_path, direction):
         assert (rows.mean(), cols.mean()) == (pytest.approx(19.5, abs=1), pytest.approx(19.5, abs=1))
     assert m.mean() == pytest.approx((20 / 80) ** 2, abs=0.01)  # the tumour's physical share of the view
     np.testing.assert_allclose(fov["slices"].astype(np.float32).mean(axis=(1, 2)), 0, atol=1e-2)  # z-scored view
+
+
+def test_window_intensity_keeps_absolute_hu(tmp_path):
+    """intensity=window: one linear map of HU for every patient (50 HU -> 0 with [-200, 300]; clipped at
+    +-1), where the per-image z-score sends every tumour to mean 0."""
+    from src.data.manifest import Case
+    from src.data.preprocess import preprocess_case
+    from src.errors import InputError
+
+    shape = (40, 40, 8)
+    msk = np.zeros(shape, np.uint8)
+    msk[12:28, 12:28, 2:6] = 1
+    img = np.full(shape, 50.0, np.float32)
+    img[msk > 0] = 175.0
+    img[0:4] = 1000.0  # beyond the window: clipped
+    write_image(img, tmp_path / "i.nii.gz", (2.0, 2.0, 2.0))
+    write_image(msk, tmp_path / "m.nii.gz", (2.0, 2.0, 2.0))
+    case = Case("P1", 3, tmp_path / "i.nii.gz", tmp_path / "m.nii.gz")
+    params = {"roi_size": [8, 8, 8], "margin_mm": 4.0, "cube": True, "angles": [90], "spacing_mm": 2.0,
+              "slice_size": [40, 40], "min_tumour_voxels": 1, "weak_fov_mm": None, "window_hu": [-200.0, 300.0]}
+    weak = preprocess_case(case, "weak", {**params, "intensity": "window"})["slices"].astype(np.float32)
+    m = np.unpackbits(preprocess_case(case, "weak", {**params, "intensity": "window"})["masks"], axis=-1,
+                      count=40).astype(bool)
+    assert np.median(weak[m]) == pytest.approx(0.5, abs=1e-2)  # 175 HU -> (175 + 200) / 500 * 2 - 1
+    assert weak.max() <= 1.0 + 1e-3 and (weak >= 0.999).any()  # 1000 HU clipped to 1
+    strong = preprocess_case(case, "strong", {**params, "intensity": "window"})["rois"]
+    assert strong[0][4, 4, 4] == pytest.approx(0.5, abs=0.06)  # tumour at the centre (cubic-spline ringing)
+    z = preprocess_case(case, "strong", {**params, "intensity": "zscore_image"})["rois"]
+    assert abs(float(z[0].mean())) < 1e-4  # the paper's z-score: the tumour's level is gone
+    with pytest.raises(InputError, match="preprocess.intensity must be one of"):
+        preprocess_case(case, "weak", {**params, "intensity": "dataset"})

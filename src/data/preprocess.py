@@ -3,10 +3,11 @@
 strong (3D ROI, one sample per patient and rotation angle):
     crop (tumour box + context) -> Orientationd(RAS) -> AxisAlignedSpacingd(1 mm, cubic spline)
     -> RoiViewsd(rotate about the axial axis + crop the tumour cube + resize to 32^3, one cubic-spline
-    resampling) -> NormalizeIntensityd (z-score over the ROI)
+    resampling) -> NormalizeIntensityd (z-score over the ROI; or a fixed HU window, ``preprocess.intensity``)
 weak (2D, every axial slice that contains tumour):
     Orientationd(RAS) -> LesionSlicesd (slices -> channel axis) -> NormalizeIntensityd(channel_wise:
-    z-score per slice) -> Resized(256^2; bilinear with anti-aliasing for the image, nearest for the mask)
+    z-score per slice, or the HU window) -> Resized(256^2; bilinear with anti-aliasing for the image,
+    nearest for the mask)
 
 All interpolation of intensities in the strong path is a cubic B-spline (integer ``mode=3`` selects
 MONAI's scipy backend), as in the paper ("resized 32x32x32 pixels using cubic spline interpolation").
@@ -34,6 +35,7 @@ from monai.transforms import (
     NormalizeIntensityd,
     Orientationd,
     Resized,
+    ScaleIntensityRanged,
     Spacingd,
     SpatialCrop,
 )
@@ -259,12 +261,28 @@ class RoiViewsd(MapTransform):
         return d
 
 
+INTENSITY_MODES = ("zscore_image", "window")
+
+
+def intensity_transform(mode: str = "zscore_image", window_hu: Sequence[float] | None = None) -> MapTransform:
+    """``zscore_image`` (the paper): each ROI view / each slice to mean 0, SD 1 (relative contrast only);
+    ``window``: HU in ``window_hu`` = [min, max] scaled linearly to [-1, 1] and clipped, the same mapping
+    for every patient, so absolute enhancement survives."""
+    if mode == "zscore_image":
+        return NormalizeIntensityd(keys="image", channel_wise=True)
+    if mode == "window":
+        lo, hi = (float(v) for v in window_hu)
+        return ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True)
+    raise InputError(f"preprocess.intensity must be one of {', '.join(INTENSITY_MODES)}, got '{mode}'")
+
+
 def roi_view_transforms(size=(32, 32, 32), margin_vox: int = 5, cube: bool = True,
-                        angles: Sequence[float] = (0.0,)) -> Compose:
-    """Strong pipeline, views: rotate + crop + cubic resize in one step, then z-score each view."""
+                        angles: Sequence[float] = (0.0,), intensity: MapTransform | None = None) -> Compose:
+    """Strong pipeline, views: rotate + crop + cubic resize in one step, then the intensity mapping of each
+    view (default: z-score)."""
     return Compose([
         RoiViewsd(keys=KEYS, size=size, margin=margin_vox, cube=cube, angles=angles),
-        NormalizeIntensityd(keys="image", channel_wise=True),
+        intensity or intensity_transform(),
     ])
 
 
@@ -324,7 +342,7 @@ class TumourFovd(MapTransform):
 
 
 def slice_transforms(size=(256, 256), tumour_label: int | None = None, min_voxels: int = 1,
-                     fov_voxels: Sequence[int] | None = None) -> Compose:
+                     fov_voxels: Sequence[int] | None = None, intensity: MapTransform | None = None) -> Compose:
     """The weak pipeline: every tumour slice, z-scored per slice, resized to ``size``. ``fov_voxels``
     (x, y): first the in-plane window of that many voxels around the tumour (:class:`TumourFovd`; a fixed
     physical field of view, see :func:`preprocess_weak`)."""
@@ -334,7 +352,7 @@ def slice_transforms(size=(256, 256), tumour_label: int | None = None, min_voxel
         Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
         *fov,
         LesionSlicesd(keys=KEYS, min_voxels=min_voxels),
-        NormalizeIntensityd(keys="image", channel_wise=True),
+        intensity or intensity_transform(),
         Resized(keys=KEYS, spatial_size=tuple(size), mode=("bilinear", "nearest"),
                 anti_aliasing=(True, False)),
     ])
@@ -342,7 +360,7 @@ def slice_transforms(size=(256, 256), tumour_label: int | None = None, min_voxel
 
 def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cube: bool = True,
                       angles: Sequence[float] = (30, 60, 90, 180), tumour_label: int | None = None,
-                      target_spacing=(1.0, 1.0, 1.0)) -> dict[str, np.ndarray]:
+                      target_spacing=(1.0, 1.0, 1.0), intensity: MapTransform | None = None) -> dict[str, np.ndarray]:
     """ROIs of one case: ``rois`` (1 + len(angles), D, H, W) float32, the unrotated view first.
 
     ``image``/``mask``: (1, X, Y, Z) MetaTensors or SimpleITK images. The context kept around the
@@ -364,12 +382,13 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
         {"image": _crop(image, start, end), "mask": _crop(mask, start, end)})
     margin_vox = round(margin_mm / float(target_spacing[0]))
     all_angles = (0.0, *[float(a) for a in angles if float(a) != 0.0])
-    views = roi_view_transforms(size, margin_vox, cube, all_angles)(base)
+    views = roi_view_transforms(size, margin_vox, cube, all_angles, intensity)(base)
     return {"rois": np.asarray(views["image"], dtype=np.float32), "angles": np.asarray(all_angles, np.float32)}
 
 
 def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = None,
-                    min_voxels: int = 1, fov_mm: float | None = None) -> dict[str, np.ndarray]:
+                    min_voxels: int = 1, fov_mm: float | None = None,
+                    intensity: MapTransform | None = None) -> dict[str, np.ndarray]:
     """Lesion slices of one case: ``slices`` (n, H, W) float16, ``masks`` packed bits, ``slice_index``.
 
     ``image``/``mask``: (1, X, Y, Z) MetaTensors or SimpleITK images. Only the range of stored slices
@@ -402,8 +421,8 @@ def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = Non
         # the view's size per RAS in-plane axis (x, y): stored axis a becomes RAS axis ornt[a, 0]
         fov_voxels = [int(round(float(fov_mm) / spacing[a])) for a in sorted(in_plane, key=lambda a: ornt[a, 0])]
     offset = int(start[ax]) if ornt[ax, 1] > 0 else int(shape[ax] - end[ax])
-    d = slice_transforms(size, tumour_label, min_voxels, fov_voxels)({"image": _crop(image, start, end),
-                                                                      "mask": _crop(mask, start, end)})
+    d = slice_transforms(size, tumour_label, min_voxels, fov_voxels, intensity)(
+        {"image": _crop(image, start, end), "mask": _crop(mask, start, end)})
     img = np.asarray(d["image"], dtype=np.float32)
     msk = np.asarray(d["mask"]) > 0.5
     return {
@@ -428,14 +447,16 @@ def preprocess_case(case, supervision: str, params: Mapping, tumour_label: int |
     """
     from src.data.io import read_image
 
+    intensity = intensity_transform(params["intensity"], params["window_hu"])
     image, mask = read_image(case.image, case.patient_id), read_image(case.mask, case.patient_id)
     try:
         if supervision == "strong":
             return preprocess_strong(image, mask, size=params["roi_size"], margin_mm=params["margin_mm"],
                                      cube=params["cube"], angles=params["angles"], tumour_label=tumour_label,
-                                     target_spacing=(float(params["spacing_mm"]),) * 3)
+                                     target_spacing=(float(params["spacing_mm"]),) * 3, intensity=intensity)
         return preprocess_weak(image, mask, size=params["slice_size"], tumour_label=tumour_label,
-                               min_voxels=params["min_tumour_voxels"], fov_mm=params["weak_fov_mm"])
+                               min_voxels=params["min_tumour_voxels"], fov_mm=params["weak_fov_mm"],
+                               intensity=intensity)
     except ValueError as exc:
         if "empty tumour mask" in str(exc):
             raise InputError("mask contains no tumour", case.patient_id, str(case.mask)) from None
