@@ -15,9 +15,12 @@ def augment_cfg(tmp_path):
     return dict(compose_cfg(["supervision=weak"], tmp_path / "job", tmp_path).data.augment)
 
 
-def test_weak_is_augmented_by_default_strong_is_not(tmp_path, augment_cfg):
-    assert augment_cfg["enabled"] is True and [0, 30, 60, 90, 180] == list(augment_cfg["angles_deg"])
+def test_augmentation_is_an_option_off_by_default(tmp_path, augment_cfg):
+    assert augment_cfg["enabled"] is False and [0, 30, 60, 90, 180] == list(augment_cfg["angles_deg"])
     assert compose_cfg(["supervision=strong"], tmp_path / "job", tmp_path).data.augment.enabled is False
+    on = compose_datamodule(["supervision=weak", "data.augment.enabled=true"], tmp_path / "on")
+    assert on.augment is not None and on.augment.size == (32, 32)  # the weak smoke slices
+    assert compose_datamodule(["supervision=weak"], tmp_path / "off").augment is None
 
 
 def test_same_step_same_draw_other_step_other_draw(augment_cfg):
@@ -51,7 +54,7 @@ def test_3d_rois_rotate_about_the_axial_axis(augment_cfg):
 
 
 def test_only_training_batches_are_augmented(tmp_path):
-    dm = compose_datamodule(["supervision=weak"], tmp_path)
+    dm = compose_datamodule(["supervision=weak", "data.augment.enabled=true"], tmp_path)
     batch = {"image": torch.randn(4, 1, 32, 32)}
     for training, changed in ((True, True), (False, False)):
         dm.trainer = SimpleNamespace(training=training, global_step=2, global_rank=0)
