@@ -31,23 +31,13 @@ class SweepReport(Callback):
         if not sweep.is_dir():
             return
         collect_failed_jobs(sweep, since=self.started)
-        if not self.enabled:
-            log.info("jobs:\n%s", summary_table(sweep))
-            return
-        target = sweep / "manifest.csv"
-        cohorts = sorted(sweep.glob("*/cohort.csv"))
-        if cohorts and not target.exists():
-            shutil.copyfile(cohorts[0], target)
-        try:
-            from src.report import write_report
-
-            out = write_report(sweep)
-        except Exception as exc:  # the sweep's results stay; the report can be rerun by hand
-            log.info("jobs:\n%s", summary_table(sweep))
-            log.error("sweep report failed (%s); rerun: python -m src.report %s", exc, sweep)
-            return
-        # the last thing on the console: one line per job, then where the report is
+        out, error = write_sweep_report(sweep) if self.enabled else (None, None)
+        # the last thing on the console: one line per job, then where the report is (or why it is not)
         log.info("jobs:\n%s", summary_table(sweep))
+        if error is not None:  # the sweep's results stay; the report can be rerun by hand
+            log.error("sweep report failed (%s); rerun: python -m src.report %s", error, sweep)
+        if out is None:
+            return
         log.info("sweep report: %s", out)
         wandb_cfg = (config.get("logger") or {}).get("wandb")
         if wandb_cfg is not None:
@@ -56,6 +46,21 @@ class SweepReport(Callback):
                                     offline=bool(wandb_cfg.get("offline", False)))
             except Exception as exc:  # the report on disk stays
                 log.error("sweep report not logged to wandb (%s)", exc)
+
+
+def write_sweep_report(sweep: Path) -> tuple[Path | None, Exception | None]:
+    """Copy one job's cohort.csv to SWEEP/manifest.csv (Table 1) and write the report: (report.md, None),
+    or (None, the exception) when it fails."""
+    target = sweep / "manifest.csv"
+    cohorts = sorted(sweep.glob("*/cohort.csv"))
+    if cohorts and not target.exists():
+        shutil.copyfile(cohorts[0], target)
+    try:
+        from src.report import write_report
+
+        return write_report(sweep), None
+    except Exception as exc:
+        return None, exc
 
 
 def job_dirs(sweep: Path) -> list[Path]:
