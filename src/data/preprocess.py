@@ -322,16 +322,12 @@ class TumourFovd(MapTransform):
         import torch.nn.functional as F
 
         d = dict(data)
-        m = d[self.mask_key][0] > 0.5
+        lo, hi = _tumour_box(d[self.mask_key], None)  # the binarised mask; raises on an empty one
         start, pads = [], []
         for ax, n in zip((0, 1), self.fov):
-            hit = torch.nonzero(m.any(dim=tuple(a for a in (0, 1, 2) if a != ax))).flatten()
-            if hit.numel() == 0:
-                raise ValueError("empty tumour mask")
-            s = int(round((int(hit[0]) + int(hit[-1]) + 1) / 2 - n / 2))
-            size = m.shape[ax]
+            s = int(round((int(lo[ax]) + int(hi[ax]) + 1) / 2 - n / 2))
             start.append(s)
-            pads.append((max(0, -s), max(0, s + n - size)))
+            pads.append((max(0, -s), max(0, s + n - int(d[self.mask_key].shape[1 + ax]))))
         for k in self.key_iterator(d):
             x = d[k].as_tensor() if hasattr(d[k], "as_tensor") else d[k]
             is_mask = k == self.mask_key
