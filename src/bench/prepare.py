@@ -12,18 +12,9 @@ import time
 from src.bench.common import compose, make_datamodule, prepare_source
 
 
-def _fill_one(args) -> int:
-    """Worker process: one case into one job's cache (module level: picklable for a pool)."""
-    import torch
-
-    cache, case = args
-    torch.set_num_threads(1)
-    return cache.fill([case])[0]
-
-
 def prepare_all(cfg, phases=("UP", "CMP", "NP"), supervisions=("strong", "weak")) -> dict:
+    from src.data.cache import fill_caches
     from src.data.manifest import cases_for_phase
-    from src.utils.pool import process_pool
 
     t = time.perf_counter()
     manifest = prepare_source(make_datamodule(cfg))
@@ -33,12 +24,7 @@ def prepare_all(cfg, phases=("UP", "CMP", "NP"), supervisions=("strong", "weak")
     dms = [make_datamodule(cfg, phase=phase, supervision=sup) for phase in phases for sup in supervisions]
     todo = [(dm.cache, case) for dm in dms for case in cases_for_phase(manifest, dm.phase) if case not in dm.cache]
     workers = min(dms[0].n_workers(), len(todo))
-    if workers > 1:
-        with process_pool(workers) as pool:
-            list(pool.map(_fill_one, todo, chunksize=1))
-    else:
-        for cache, case in todo:
-            cache.fill([case])
+    fill_caches(todo, workers)
     out.update(preprocess_s=time.perf_counter() - t, preprocessed=len(todo), workers=workers)
     print(f"preprocess: {len(todo)} case x job entries in {out['preprocess_s']:.1f} s ({workers} processes)",
           flush=True)

@@ -98,20 +98,27 @@ class PreprocessCache:
         return preprocess_case(case, self.supervision, self.params, self.tumour_label)
 
     def fill(self, cases: list, workers: int = 0) -> tuple[int, int]:
-        """Preprocess every case not yet cached; return (computed, already cached). With ``workers`` > 1
-        in that many spawned processes (no forked OpenMP state; one thread each; the first error stops)."""
-        todo = [(case, key) for case in cases if (key := self.key(case)) not in self.arrays]
-        n = min(int(workers), len(todo))
-        if n <= 1:
-            for case, key in todo:
-                self.arrays.save(key, self.compute(case))
-        else:
-            from src.utils.pool import process_pool
+        """Preprocess every case not yet cached (:func:`fill_caches`); return (computed, already cached)."""
+        computed = fill_caches([(self, case) for case in cases], workers)
+        return computed, len(cases) - computed
 
-            with process_pool(n) as pool:
-                for _ in pool.map(_fill_one, [(self, case, key) for case, key in todo], chunksize=1):
-                    pass
-        return len(todo), len(cases) - len(todo)
+
+def fill_caches(entries: list, workers: int = 0) -> int:
+    """Preprocess every ``(PreprocessCache, case)`` entry not yet cached, of one cache or of several (the
+    jobs of a sweep); return how many were computed. With ``workers`` > 1 in that many spawned processes
+    (no forked OpenMP state; one thread each; the first error stops)."""
+    todo = [(cache, case, key) for cache, case in entries if (key := cache.key(case)) not in cache.arrays]
+    n = min(int(workers), len(todo))
+    if n <= 1:
+        for cache, case, key in todo:
+            cache.arrays.save(key, cache.compute(case))
+    else:
+        from src.utils.pool import process_pool
+
+        with process_pool(n) as pool:
+            for _ in pool.map(_fill_one, todo, chunksize=1):
+                pass
+    return len(todo)
 
 
 def _fill_one(args) -> None:
