@@ -226,14 +226,13 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
             mc, ["phase", "metric", "n", "strong", "weak", "b_strong_only", "c_weak_only", "p", "p_chisq", "note"]
         )
     )
-    if sd is not None and (sd["seed"] == "sd").any() and sd.loc[sd["seed"] == "sd", "test_auc"].notna().any():
-        stats = sd[sd["seed"].isin(["mean", "sd"])]
-        summary = stats.pivot_table(index=["supervision", "phase"], columns="seed", values="test_auc",
-                                    aggfunc="first", dropna=False).reset_index()
-        summary["test AUC, mean +- SD over seeds"] = [f"{fmt(m)} +- {fmt(s)}"
-                                                      for m, s in zip(summary["mean"], summary["sd"])]
-        summary["seeds"] = [sd[(sd.supervision == a) & (sd.phase == b) & ~sd.seed.isin(["mean", "sd"])].shape[0]
-                            for a, b in zip(summary.supervision, summary.phase)]
+    if sd is not None and sd.loc[sd["seed"] == "sd", "test_auc"].notna().any():  # a model with 2+ seeds
+        # seeds_table writes each model's mean row, then its sd row: the two lists line up
+        means, sds = sd[sd["seed"] == "mean"], sd[sd["seed"] == "sd"]
+        summary = means[["supervision", "phase"]].assign(
+            seeds=means["job"].to_numpy(),
+            auc=[f"{fmt(m)} +- {fmt(s)}" for m, s in zip(means["test_auc"], sds["test_auc"])])
+        summary.columns = ["supervision", "phase", "seeds", "test AUC, mean +- SD over seeds"]
         md.append("\n## Repeated seeds (testing set, patient level)\n\n"
                   "Jobs that differ only in `seed` (`-m ... seed=0,1,2`); Tables 2-3 use the first job of each model. "
                   "Every seed's value: `seeds.csv`.\n\n")

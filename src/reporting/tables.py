@@ -17,7 +17,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, Sweep
+from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, SUPERVISIONS, Sweep
 from src.stats import (
     auc_ci,
     compare_categorical,
@@ -254,7 +254,7 @@ def thresholds_table(sweep: Sweep) -> pd.DataFrame:
     """Testing-set accuracy, sensitivity and specificity of each model at the paper's threshold and at
     the Youden threshold chosen on its validation patients (from metrics.json; NaN when not recorded)."""
     rows = []
-    for sup in ("strong", "weak"):
+    for sup in SUPERVISIONS:
         for phase in PAPER_PHASE_ORDER:
             job = sweep.models.get((phase, sup))
             if job is None:
