@@ -25,8 +25,10 @@ from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, SUPERVISIONS, Sweep, 
 from src.reporting.tables import (
     delong_pairs,
     fmt,
+    fmt_auc,
     fmt_p,
     mcnemar_strong_vs_weak,
+    oracle_table,
     seeds_table,
     table1_baseline,
     table2_strong,
@@ -116,8 +118,42 @@ def _n_section(sweep: Sweep) -> str:
     )
 
 
+ORACLE_LABEL = "oracle (planted signal)"
+
+
+def _oracle_rows(ot: pd.DataFrame, columns, name_col: str, auc_col: str, by_split: bool = False) -> pd.DataFrame:
+    """Rows of the oracle's AUC for a Table 2/3 view: per phase (train / test), or per phase and split."""
+    rows = []
+    for phase, g in ot.groupby("phase", sort=False):
+        cells = {r.split: fmt_auc(r.oracle_auc, r.oracle_auc_low, r.oracle_auc_high) for r in g.itertuples()}
+        row = {c: "" for c in columns}
+        if by_split:
+            for split, cell in cells.items():
+                rows.append({**row, name_col: f"{phase} {ORACLE_LABEL}", "Split": split, auc_col: cell})
+            continue
+        rows.append({**row, name_col: f"{phase} {ORACLE_LABEL}",
+                     auc_col: f"{cells.get('train', 'NA')} / {cells.get('test', 'NA')}"})
+    return pd.DataFrame(rows, columns=list(columns))
+
+
+def _oracle_section(ot: pd.DataFrame | None) -> str:
+    if ot is None or not len(ot):
+        return ""
+    return ("## The ceiling: oracle (planted signal)\n\n"
+            "This cohort carries `oracle_<phase>`: the log-likelihood ratio (high vs low grade) of the grade "
+            "features the generator planted and that phase shows, computed from the generating distributions "
+            "(src/data/synthetic_grade.py). Its AUC is the best any model can reach here. On synthetic data the "
+            "phase ranking is planted by the generator; what the tables test is how much of the planted signal "
+            "each model recovers (`AUC / oracle`). Patient level; every value: `oracle.csv`.\n\n"
+            + _md_table(ot.assign(oracle=[fmt_auc(a, lo, hi) for a, lo, hi in
+                                          zip(ot["oracle_auc"], ot["oracle_auc_low"], ot["oracle_auc_high"])]),
+                        ["phase", "split", "n", "oracle"] + [f"{s}_{k}" for s in SUPERVISIONS
+                                                             for k in ("auc", "auc_of_oracle")])
+            + "\n")
+
+
 def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.DataFrame | None = None,
-              sd: pd.DataFrame | None = None) -> str:
+              sd: pd.DataFrame | None = None, ot: pd.DataFrame | None = None) -> str:
     md = [
         f"# Report: {sweep.path.name}\n\n",
         f"Sweep folder: `{sweep.path}`  \nGenerated: {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n\n",
@@ -142,6 +178,7 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
             + "\n"
         )
 
+    md.append(_oracle_section(ot))
     md.append("## Table 2. Strongly supervised 3D ResNet-18 (patient level)\n\n")
     if t2.empty:
         md.append("_No strongly supervised model available._\n\n")
@@ -160,6 +197,10 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
                 ],
             }
         )
+        if ot is not None and len(ot):
+            v["Test AUC / oracle"] = [fmt(x) for x in t2["test_auc_of_oracle"]]
+            v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "AUC (95% CI) training / testing")],
+                          ignore_index=True)
         md.append(_md_table(v, list(v.columns)) + "\n")
         md.append(
             "Accuracy, sensitivity, specificity are training / testing at threshold 0.5 "
@@ -180,6 +221,7 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
                 "Slice acc": t3["slice_accuracy"],
                 "Slice sens": t3["slice_sensitivity"],
                 "Slice spec": t3["slice_specificity"],
+                "Patient AUC (95% CI)": t3["Patient AUC (95% CI)"],
                 "Patient acc": t3["patient_accuracy"],
                 "Patient sens": t3["patient_sensitivity"],
                 "Patient spec": t3["patient_specificity"],
@@ -194,6 +236,10 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
             v["Grad-CAM in tumour / pointing / chance"] = [
                 cam_cell(a, b, c) for a, b, c in zip(t3["cam_in_tumour"], t3["cam_pointing"], t3["cam_chance"])
             ]
+        if ot is not None and len(ot):
+            v["Patient AUC / oracle"] = [fmt(x) for x in t3["patient_auc_of_oracle"]]
+            v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "Patient AUC (95% CI)", by_split=True)],
+                          ignore_index=True)
         md.append(_md_table(v, list(v.columns)) + "\n")
         md.append(
             "Slice-level CIs treat slices as independent (as the paper's single-slice analysis); they are "
@@ -282,6 +328,9 @@ def write_report(sweep_dir: str | Path) -> Path:
     _write_csv(out / "thresholds.csv", th)
     sd = seeds_table(sweep)
     _write_csv(out / "seeds.csv", sd)
+    ot = oracle_table(sweep)
+    if len(ot):
+        _write_csv(out / "oracle.csv", ot)
     if t1 is not None:
         _write_csv(out / "table1_baseline.csv", t1)
     _write_csv(out / "table2_strong.csv", t2)
@@ -308,7 +357,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     for phase, name in figure6_panels(sweep, out, PAPER_PHASE_ORDER).items():
         figs[f"gradcam_{phase}"] = name
     report = out / "report.md"
-    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs, th, sd))
+    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs, th, sd, ot))
     return report
 
 

@@ -256,3 +256,34 @@ def test_jobs_that_differ_only_in_seed_are_grouped(tmp_path):
     up = sd[sd.phase == "UP"].set_index("seed")
     assert up.loc["mean", "test_auc"] == pytest.approx(0.6) and np.isnan(up.loc["sd", "test_auc"])
     assert "## Repeated seeds" in report and "0.800 +- 0.100" in report
+
+
+def test_oracle_rows_and_fractions_when_the_cohort_has_a_planted_signal(tmp_path, sweep):
+    """A cohort with oracle_<phase> columns: an oracle section, oracle rows in Tables 2-3, AUC / oracle."""
+    root = tmp_path / "sweep"
+    root.mkdir()
+    _make_job(root, 0, "CMP", "strong")
+    _make_job(root, 1, "CMP", "weak")
+    rng = np.random.default_rng(3)
+    man = [{"patient_id": pid, "grade": (3 if y else 2), "split": split,
+            "oracle_CMP": round(float(2.5 * (y - 0.5) + rng.normal()), 4)}
+           for split in ("train", "test") for pid, y in zip(_ids(split, len(LABELS[split])), LABELS[split])]
+    pd.DataFrame(man).to_csv(root / "manifest.csv", index=False)
+    md = write_report(root).read_text(encoding="utf-8")
+    ot = pd.read_csv(root / "report" / "oracle.csv")
+    assert list(ot[["phase", "split"]].itertuples(index=False, name=None)) == [("CMP", "train"), ("CMP", "test")]
+    test_man = pd.DataFrame(man).query("split == 'test'")
+    oracle = auc_ci((test_man["grade"] >= 3).astype(int), test_man["oracle_CMP"]).auc
+    row = ot.iloc[1]
+    assert row.oracle_auc == pytest.approx(oracle) and row.n == N_TEST
+    strong = _pred(root, "0_CMP_strong")
+    assert row.strong_auc_of_oracle == pytest.approx(auc_ci(strong["label"], strong["prob_high"]).auc / oracle)
+    t2 = pd.read_csv(root / "report" / "table2_strong.csv")
+    assert t2.loc[0, "test_auc_of_oracle"] == pytest.approx(row.strong_auc_of_oracle)
+    t3 = pd.read_csv(root / "report" / "table3_weak.csv")
+    assert t3.set_index("split").loc["test", "patient_auc_of_oracle"] == pytest.approx(row.weak_auc_of_oracle)
+    assert "## The ceiling: oracle (planted signal)" in md
+    assert md.count("| CMP oracle (planted signal) |") == 3  # Table 2 (train / test) and Table 3 (each split)
+    # a cohort without oracle columns (a real one) gets none of it
+    plain = sweep[1].read_text(encoding="utf-8")
+    assert "oracle" not in plain and not (sweep[0] / "report" / "oracle.csv").exists()

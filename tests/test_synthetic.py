@@ -1,11 +1,20 @@
-"""The synthetic cohort: deterministic, literature-shaped grade signal, correct geometry."""
+"""The synthetic cohort: deterministic, literature-shaped grade signal, correct geometry, an exact
+oracle, and anatomy that changes along z as real CT does."""
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import SimpleITK as sitk
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
+from src.data.realism import DZ_MM, real_profiles, synthetic_profile, zcorr_profile
 from src.data.synthetic import PHASES, SyntheticSpec, generate_cohort, grades_for, synth_patient
+from src.data.synthetic_grade import DISTRIBUTIONS, PHASE_FEATURES, draw_features, oracle_llr
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def _digest(folder):
@@ -31,6 +40,7 @@ def test_manifest_and_geometry(tmp_path):
     df = pd.read_csv(manifest)
     assert list(df.columns[:2]) == ["patient_id", "grade"]
     assert {f"{p}_image" for p in PHASES} | {"mask", "age", "sex", "diameter_cm", "site"} <= set(df.columns)
+    assert all(np.isfinite(df[f"oracle_{p}"]).all() for p in PHASES)
     assert df["grade"].between(1, 4).all()
     img = sitk.ReadImage(str(manifest.parent / df.loc[0, "CMP_image"]))
     msk = sitk.ReadImage(str(manifest.parent / df.loc[0, "mask"]))
@@ -49,7 +59,7 @@ def test_grade_signal_is_planted_and_strongest_in_cmp():
     """High grade: larger, enhances less (CMP > NP > UP contrast), more heterogeneous."""
     spec = SyntheticSpec(shape=(64, 64, 20), seed=0)
     stats = {g: {"d": [], **{p: [] for p in PHASES}, "sd": []} for g in (0, 1)}
-    for i in range(160):
+    for i in range(80):
         grade = (1, 2, 3, 4)[i % 4]
         vols, mask, clin = synth_patient(spec, i, grade)
         m = mask.astype(bool)
@@ -58,8 +68,64 @@ def test_grade_signal_is_planted_and_strongest_in_cmp():
         stats[hi]["sd"].append(vols["CMP"][m].std())
         for p in PHASES:
             stats[hi][p].append(vols[p][m].mean())
-    assert np.mean(stats[1]["d"]) > np.mean(stats[0]["d"]) + 1.0
+    assert np.mean(stats[1]["d"]) > np.mean(stats[0]["d"]) + 0.5
     assert np.mean(stats[1]["sd"]) > np.mean(stats[0]["sd"])
     contrast = {p: np.mean(stats[0][p]) - np.mean(stats[1][p]) for p in PHASES}
     assert contrast["CMP"] > contrast["NP"] > abs(contrast["UP"])
     assert contrast["CMP"] > 20
+
+
+def _feature_draws(n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 141 / 306
+    return y, [draw_features(bool(h), rng) for h in y]
+
+
+def test_oracle_is_the_log_likelihood_ratio_of_the_generating_densities():
+    y, feats = _feature_draws()
+    f = feats[0]
+    by_hand = sum(np.log(DISTRIBUTIONS[1][k].pdf(f[k]) / DISTRIBUTIONS[0][k].pdf(f[k])) for k in PHASE_FEATURES["CMP"])
+    assert oracle_llr(f, "CMP") == pytest.approx(by_hand)
+    auc = {p: roc_auc_score(y, [oracle_llr(f, p) for f in feats]) for p in PHASES}
+    # the planted phase ranking and the ceiling each phase allows
+    assert auc["CMP"] > auc["NP"] > auc["UP"]
+    assert auc["CMP"] == pytest.approx(0.92, abs=0.02) and auc["UP"] == pytest.approx(0.80, abs=0.03)
+    # classes overlap: no single feature separates them
+    for k in DISTRIBUTIONS[0]:
+        assert roc_auc_score(y, [f[k] for f in feats]) < 0.8
+    # Bayes optimal: a logistic regression fitted on the same features (and their logs) does not beat it
+    X = np.array([[f[k] for k in PHASE_FEATURES["CMP"]] for f in feats])
+    X = np.hstack([X, np.log(X[:, [0, 3, 4]] + 1e-3)])
+    half = len(y) // 2
+    lr = LogisticRegression(max_iter=2000).fit(X[:half], y[:half])
+    oracle_test = roc_auc_score(y[half:], [oracle_llr(f, "CMP") for f in feats[half:]])
+    assert roc_auc_score(y[half:], lr.decision_function(X[half:])) <= oracle_test + 0.005
+
+
+def test_the_manifest_oracle_follows_the_grade():
+    spec = SyntheticSpec(shape=(24, 24, 8), seed=1)
+    llr = {0: [], 1: []}
+    for i in range(60):
+        grade = (1, 2, 3, 4)[i % 4]
+        llr[int(grade >= 3)].append(synth_patient(spec, i, grade)[2]["oracle_CMP"])
+    assert np.mean(llr[1]) > np.mean(llr[0]) + 1.0
+
+
+def test_zcorr_profile_separates_prisms_from_changing_anatomy():
+    rng = np.random.default_rng(0)
+    plane = rng.normal(0, 50, (64, 64)).astype(np.float32)
+    prism = np.repeat(plane[..., None], 30, axis=2) + rng.normal(0, 5, (64, 64, 30))
+    assert (zcorr_profile(prism, (2.0, 2.0, 5.0)) > 0.95).all()
+    spec = SyntheticSpec(shape=(128, 128, 40))
+    vols, mask, _ = synth_patient(spec, 0, 2)
+    prof = zcorr_profile(vols["CMP"], spec.spacing, exclude=mask > 0)
+    assert np.all(np.diff(prof) < 0) and prof[-1] < 0.8  # decorrelates with distance
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "realct").is_dir(), reason="../shared/data/realct not present")
+@pytest.mark.parametrize("fill_body", [False, True])
+def test_synthetic_anatomy_decorrelates_along_z_like_the_real_scans(fill_body):
+    real = np.mean(list(real_profiles(SHARED, fill_body=fill_body).values()), axis=0)
+    synthetic = synthetic_profile(n_patients=3, fill_body=fill_body)
+    assert real.shape == synthetic.shape == (len(DZ_MM),)
+    assert np.abs(synthetic - real).max() <= 0.1, (real.round(2), synthetic.round(2))

@@ -26,13 +26,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.bank import BankDataset, build_datasets, collated
 from src.data.cache import PreprocessCache
-from src.data.manifest import cases_for_phase, given_splits, read_manifest
+from src.data.manifest import PHASES, cases_for_phase, given_splits, read_manifest
 from src.data.preprocess import check_supervision
 from src.data.splits import assign_splits
 from src.errors import InputError
 
 log = logging.getLogger(__name__)
 TABLE1_COLUMNS = ("patient_id", "grade", "split", "age", "sex", "diameter_cm", "side", "site")
+# the cohort table (cohort.csv) also carries the planted-signal oracle of synthetic cohorts
+COHORT_COLUMNS = TABLE1_COLUMNS + tuple(f"oracle_{p}" for p in PHASES)
 
 
 class GradeDataModule(L.LightningDataModule):
@@ -145,11 +147,11 @@ class GradeDataModule(L.LightningDataModule):
 
     def cohort_table(self):
         """patient_id, grade, split (train/test; validation patients count as train) and the clinical
-        columns of the manifest that exist (for Table 1)."""
+        columns and planted-signal oracle of the manifest that exist (Table 1 and the oracle rows)."""
         df = read_manifest(self.manifest_path())
         df = df[df["patient_id"].str.strip().isin(self.splits)].copy()
         df["split"] = [("test" if self.splits[p.strip()] == "test" else "train") for p in df["patient_id"]]
-        return df[[c for c in TABLE1_COLUMNS if c in df]]
+        return df[[c for c in COHORT_COLUMNS if c in df]]
 
     def slice_mask(self, patient: int, slice_index: int) -> np.ndarray:
         """Boolean (H, W) tumour mask of one cached lesion slice (weak supervision)."""

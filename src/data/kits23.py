@@ -13,7 +13,7 @@ corticomedullary only: any phase but CMP is an error. Clinical columns: ``age``
 SYNTHETIC INTENSITIES (``data.source.synthetic_imaging=true``): the KiTS23 CT volumes are distributed
 separately. For demos and tests, :func:`synthesize_kits_imaging` writes an ``imaging.nii.gz`` with
 the segmentation's exact NIfTI header (same array axes, affine, sform/qform codes) and HU planted
-from the labels, the tumour's by grade with the constants of ``src/data/synthetic.py`` (CMP: low
+from the labels, the tumour's by grade with the constants of ``src/data/synthetic_grade.py`` (CMP: low
 grade enhances more than high grade, high grade is more heterogeneous with more necrosis). The masks,
 grades, sizes and clinical data are real; the intensities are not. Such images are written into the
 cache folder (the KiTS folder may be read-only), never next to the real data.
@@ -93,10 +93,11 @@ def kits23_manifest_path(root: str | Path, cache_dir: str | Path, synthetic_imag
 
 def _synthesis_signature() -> list:
     """The intensity constants the synthetic CT uses (a change regenerates it)."""
-    from src.data import synthetic
+    from src.data import synthetic_anatomy, synthetic_grade
 
-    return [NOISE_MARGIN_MM, BACKGROUND_HU, CYST_HU, *(getattr(synthetic, k, None) for k in
-                                                       ("TUMOUR_HU", "TEXTURE_HU", "NECROSIS_HU", "KIDNEY_HU"))]
+    return [NOISE_MARGIN_MM, BACKGROUND_HU, CYST_HU, synthetic_anatomy.TISSUE_HU["cortex"],
+            synthetic_anatomy.TISSUE_HU["medulla"],
+            *(getattr(synthetic_grade, k) for k in ("TUMOUR_HU", "TEXTURE_HU", "NECROSIS_HU"))]
 
 
 def build_kits23_manifest(root: str | Path, cache_dir: str | Path, phase: str = PHASE,
@@ -153,19 +154,28 @@ def _bbox(mask: np.ndarray, margin=0) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def smooth_field(shape, sigma_vox, rng) -> np.ndarray:
+    """Zero-mean, unit-SD smooth random field on a voxel grid (Gaussian SD ``sigma_vox`` voxels)."""
+    from scipy import ndimage as ndi
+
+    f = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox, mode="wrap")
+    return (f - f.mean()) / (f.std() + 1e-6)
+
+
 def synthesize_kits_imaging(case_dir: str | Path, seed: int = 0, grade: int | None = None,
                             out: str | Path | None = None, noise_hu: float = 12.0) -> Path:
     """Write a SYNTHETIC CMP ``imaging.nii.gz`` for a KiTS23 case from its segmentation.
 
     The output has the segmentation's exact NIfTI header (array axes, affine, sform/qform codes;
     int16 data). HU: soft tissue 40 + noise; kidney (label 1) cortex/medulla-like CMP enhancement;
-    cyst (3) 10; tumour (2) the grade's mean CMP enhancement (``synthetic.TUMOUR_HU``) with per-patient
+    cyst (3) 10; tumour (2) the grade's mean CMP enhancement (``synthetic_grade.TUMOUR_HU``) with per-patient
     jitter, grade-dependent texture and necrosis. ``grade`` defaults to the case's ISUP grade in
     ``case_dir/../kits23.json``. ``out`` defaults to ``case_dir/imaging.nii.gz``. Deterministic.
     """
     import nibabel as nib
 
-    from src.data.synthetic import KIDNEY_HU, NECROSIS_HU, TEXTURE_HU, TUMOUR_HU, smooth_field
+    from src.data.synthetic_anatomy import TISSUE_HU
+    from src.data.synthetic_grade import NECROSIS_HU, TEXTURE_HU, TUMOUR_HU
 
     case_dir = Path(case_dir)
     seg_path = case_dir / "segmentation.nii.gz"
@@ -195,7 +205,7 @@ def synthesize_kits_imaging(case_dir: str | Path, seed: int = 0, grade: int | No
     kidney = s == KIDNEY_LABEL
     if kidney.any():
         cortex = smooth_field(s.shape, np.maximum(6.0 / sp, 0.5), rng) > -0.3
-        kv = np.where(cortex, KIDNEY_HU["CMP"][0], KIDNEY_HU["CMP"][1]).astype(np.float32)
+        kv = np.where(cortex, TISSUE_HU["cortex"][1], TISSUE_HU["medulla"][1]).astype(np.float32)
         vol[kidney] += (kv - BACKGROUND_HU)[kidney]
     vol[s == CYST_LABEL] += np.float32(CYST_HU - BACKGROUND_HU)
     tumour = s == TUMOUR_LABEL
@@ -219,8 +229,7 @@ def synthesize_kits_imaging(case_dir: str | Path, seed: int = 0, grade: int | No
         if nec_frac > 0.005 and t.sum() > 8:
             necrosis = t & (nec_field > np.quantile(nec_field[t], 1 - nec_frac))
         hu = (mu + TEXTURE_HU["CMP"][int(high)] * texture).astype(np.float32)
-        necrosis_hu = NECROSIS_HU["CMP"] if isinstance(NECROSIS_HU, dict) else NECROSIS_HU
-        hu[necrosis] = necrosis_hu + 4.0 * texture[necrosis]
+        hu[necrosis] = NECROSIS_HU["CMP"] + 4.0 * texture[necrosis]
         sub = vol[box]
         sub[t] += hu[t] - np.float32(BACKGROUND_HU)
     data[region_box] = np.clip(np.rint(vol), -1024, 3071).astype(np.int16)

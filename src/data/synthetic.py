@@ -5,20 +5,16 @@ preprocessing, training, statistics) runs and can be tested anywhere, through ex
 that reads real data (a manifest of NIfTI files).
 
 What it plants (per patient, all phases share one geometry and one tumour mask):
-- an abdomen-like slab in HU: air (-1000), body ellipse of soft tissue (+40) in a fat layer (-100),
-  a vertebra (+400), the aorta, and two kidneys (cortex + medulla) with phase-dependent enhancement
-  (UP unenhanced, CMP corticomedullary, NP nephrographic), plus Gaussian noise;
-- one tumour in one kidney: a lobulated ellipsoid whose WHO/ISUP grade (1-4) sets, as reported in
-  the ccRCC literature,
-  * size: high grade (3-4) larger (mean diameter ~5.3 cm vs ~3.9 cm; size alone AUC ~0.74, as the
-    0.744 measured on KiTS23's 307 graded clear-cell cases);
-  * enhancement: high grade enhances less (CMP ~120 vs ~160 HU; NP ~104 vs ~122 HU; UP ~36 vs ~34);
-  * heterogeneity: high grade has a coarser texture and more necrosis (non-enhancing, ~30 HU);
-  so the grade contrast is strongest in CMP, weaker in NP and weakest in UP (where only size,
-  shape and a faint necrosis/texture difference remain). Per-patient jitter makes the classes overlap:
-  a logistic regression on the tumour's HU mean/SD/percentiles plus its diameter reaches a 5-fold
-  AUC of about 0.75 (UP), 0.90 (NP) and 0.95 (CMP) on 200 patients (measured, generator version 2).
-- clinical columns: age, sex, diameter_cm (the planted maximum diameter), site.
+- abdominal anatomy that changes along z and between patients (``synthetic_anatomy``): body
+  outline and habitus, liver, spleen, bowel with gas, vertebrae and discs, psoas, great vessels,
+  both kidneys, per-patient contrast timing; Gaussian noise of per-patient SD;
+- one tumour in one kidney, a lobulated ellipsoid whose grade sets its planted features
+  (``synthetic_grade``: size, lobulation, texture, necrosis, enhancement), each drawn from
+  overlapping per-class distributions shaped as in the ccRCC literature;
+- manifest columns: clinical (age, sex, diameter_cm, side, site) and the oracle ``oracle_<phase>``,
+  the log-likelihood ratio (high vs low) of the planted features that phase shows, from the
+  generating densities. On this cohort the phase ranking (CMP > NP > UP) is planted: what a model
+  can be tested for is how much of the oracle's AUC it recovers.
 
 Everything is drawn from ``numpy.random.default_rng([seed, patient_index])``: the same seed and
 sizes give byte-identical files. Sizes range from tiny (CI: 8-20 patients, 32^2-64^2 slices) to
@@ -34,20 +30,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from src.data.io import write_image
 from src.data.manifest import PHASES  # the generator writes every one of the paper's phases
+from src.data.synthetic_anatomy import anatomy, smooth_field
+from src.data.synthetic_grade import NECROSIS_HU, TEXTURE_BASE_HU, TEXTURE_HU, TUMOUR_HU, draw_features, oracle_llr
 
-GENERATOR_VERSION = 2  # bump whenever what is generated changes (part of the cohort folder key)
+GENERATOR_VERSION = 3  # bump whenever what is generated changes (part of the cohort folder key)
 
-# Mean tumour HU per phase for (low grade, high grade) and per-patient jitter (SD).
-TUMOUR_HU = {"UP": (34.0, 36.0, 6.0), "CMP": (160.0, 120.0, 40.0), "NP": (122.0, 104.0, 28.0)}
-# Texture amplitude (HU) of the tumour's smooth random field, (low, high).
-TEXTURE_HU = {"UP": (4.0, 4.5), "CMP": (16.0, 24.0), "NP": (10.0, 13.0)}
-NECROSIS_HU = {"UP": 30.0, "CMP": 32.0, "NP": 32.0}
-KIDNEY_HU = {"UP": (32.0, 32.0), "CMP": (185.0, 75.0), "NP": (145.0, 140.0)}  # cortex, medulla
-AORTA_HU = {"UP": 42.0, "CMP": 320.0, "NP": 170.0}
+__all__ = ["GENERATOR_VERSION", "NECROSIS_HU", "PHASES", "SyntheticSpec", "TEXTURE_HU", "TUMOUR_HU",
+           "generate_cohort", "grades_for", "synth_patient"]
 
 
 @dataclass
@@ -82,116 +74,78 @@ def grades_for(n: int, high_fraction: float, rng: np.random.Generator) -> np.nda
     return grades
 
 
-def smooth_field(shape, sigma_vox, rng) -> np.ndarray:
-    """Zero-mean, unit-SD smooth random field."""
-    f = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox, mode="wrap")
-    return (f - f.mean()) / (f.std() + 1e-6)
+def _axis(n: int, step: float) -> np.ndarray:
+    return (np.arange(n) - (n - 1) / 2) * step  # world coordinates (mm) of voxel centres
 
 
 def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np.ndarray, dict]:
-    """One patient: ({phase: HU volume (x, y, z) int16}, tumour mask uint8, clinical dict)."""
+    """One patient: ({phase: HU volume (x, y, z) int16}, tumour mask uint8, manifest columns)."""
     rng = np.random.default_rng([spec.seed, index])
     high = grade >= 3
     sp = np.asarray(spec.spacing)
-    nx, ny, nz = spec.shape
-    # world coordinates (mm) of voxel centres, volume centred at 0
-    xs = (np.arange(nx) - (nx - 1) / 2) * sp[0]
-    ys = (np.arange(ny) - (ny - 1) / 2) * sp[1]
-    zs = (np.arange(nz) - (nz - 1) / 2) * sp[2]
-    X, Y = np.meshgrid(xs, ys, indexing="ij")  # in-plane (x, y)
+    xs, ys, zs = (_axis(n, d) for n, d in zip(spec.shape, sp))
+    vols, kidneys = anatomy(xs, ys, zs, rng)
+    features = draw_features(high, rng)
 
-    # anatomy (in-plane, the same on every slice)
-    a, b = rng.uniform(135, 170), rng.uniform(100, 125)
-    body_r = (X / a) ** 2 + (Y / b) ** 2
-    body = body_r < 1.0
-    fat = body & (body_r > (1 - 18 / min(a, b)) ** 2)
-    spine = ((X) ** 2 + (Y + b - 45) ** 2) < 16**2
-    aorta = ((X - 8) ** 2 + (Y + b - 80) ** 2) < 11**2
-
-    # kidneys (3D ellipsoids), tumour in one of them
-    side = int(rng.integers(0, 2))  # 0 right (x<0 in this grid), 1 left
-    kid_c = np.array([(-1) ** (side + 1) * rng.uniform(60, 75), -b + rng.uniform(55, 70), rng.uniform(-15, 15)])
-    kid_axes = np.array([rng.uniform(26, 32), rng.uniform(22, 27), rng.uniform(48, 58)])
-
-    mean_d, sd_d = (5.3, 2.2) if high else (3.9, 1.5)
-    diameter = float(np.clip(rng.normal(mean_d, sd_d), 1.5, 11.0)) * 10.0  # mm
-    r = diameter / 2
+    # the tumour: in one kidney, its centre inside the kidney near the surface
+    side = int(rng.integers(0, 2))
+    kid = kidneys[side]
+    r = features["diameter_mm"] / 2
     axes_t = r * rng.uniform(0.85, 1.0, size=3)
     axes_t[int(np.argmax(axes_t))] = r  # the planted maximum diameter is exact
     offset = rng.normal(0, 1, 3)
-    offset = offset / (np.linalg.norm(offset) + 1e-6) * kid_axes * 0.7
-    tum_c = kid_c + offset
+    offset = offset / (np.linalg.norm(offset) + 1e-6) * kid["axes"] * 0.7
+    tum_c = kid["centre"] + offset
 
-    vols = {p: np.full((nx, ny, nz), -1000.0, dtype=np.float32) for p in PHASES}
-    for p in PHASES:
-        sl = np.where(body, 40.0, -1000.0).astype(np.float32)
-        sl[fat] = -100.0
-        sl[spine] = 400.0
-        sl[aorta] = AORTA_HU[p]
-        vols[p][:] = sl[..., None]
-
-    Z = zs[None, None, :]
-    kr = ((X[..., None] - kid_c[0]) / kid_axes[0]) ** 2 + ((Y[..., None] - kid_c[1]) / kid_axes[1]) ** 2 \
-        + ((Z - kid_c[2]) / kid_axes[2]) ** 2
-    kidney = kr < 1.0
-    medulla = kr < 0.55
-    for p in PHASES:
-        vols[p][kidney] = KIDNEY_HU[p][0]
-        vols[p][medulla] = KIDNEY_HU[p][1]
-
-    # tumour: lobulated ellipsoid, evaluated in its bounding box only
-    lo = np.searchsorted(xs, tum_c[0] - r * 1.3), np.searchsorted(ys, tum_c[1] - r * 1.3), \
-        np.searchsorted(zs, tum_c[2] - r * 1.3)
-    hi = np.searchsorted(xs, tum_c[0] + r * 1.3), np.searchsorted(ys, tum_c[1] + r * 1.3), \
-        np.searchsorted(zs, tum_c[2] + r * 1.3)
-    box = tuple(slice(int(max(0, l_)), int(min(n, h + 1))) for l_, h, n in zip(lo, hi, spec.shape))
-    bx, by, bz = np.meshgrid(xs[box[0]], ys[box[1]], zs[box[2]], indexing="ij")
-    tr = np.sqrt(((bx - tum_c[0]) / axes_t[0]) ** 2 + ((by - tum_c[1]) / axes_t[1]) ** 2
-                 + ((bz - tum_c[2]) / axes_t[2]) ** 2)
-    bshape = tr.shape
-    sig = np.maximum(8.0 / sp, 0.5)  # ~8 mm correlation length
-    lobes = smooth_field(bshape, sig, rng)
-    tumour = tr < (1.0 + (0.10 if high else 0.06) * lobes)
+    # evaluated in the tumour's bounding box only
+    box = tuple(slice(int(max(0, np.searchsorted(ax, c - r * 1.3))), int(min(n, np.searchsorted(ax, c + r * 1.3) + 1)))
+                for ax, c, n in zip((xs, ys, zs), tum_c, spec.shape))
+    bxs, bys, bzs = xs[box[0]], ys[box[1]], zs[box[2]]
+    tr = np.sqrt(((bxs[:, None, None] - tum_c[0]) / axes_t[0]) ** 2 + ((bys[None, :, None] - tum_c[1]) / axes_t[1]) ** 2
+                 + ((bzs[None, None, :] - tum_c[2]) / axes_t[2]) ** 2)
+    lobes = smooth_field((bxs, bys, bzs), 8.0, rng)
+    tumour = tr < (1.0 + features["lobulation"] * lobes)
     if not tumour.any():  # tiny volumes: keep at least the centre voxel
         c = tuple(int(np.argmin(np.abs(ax - tc))) for ax, tc in zip((xs, ys, zs), tum_c))
-        tumour = np.zeros(bshape, bool)
+        c = tuple(min(max(ci, b_.start), b_.stop - 1) for ci, b_ in zip(c, box))
+        tumour = np.zeros(tr.shape, bool)
         tumour[tuple(ci - b_.start for ci, b_ in zip(c, box))] = True
-    texture = smooth_field(bshape, np.maximum(3.0 / sp, 0.5), rng)
-    nec_field = smooth_field(bshape, np.maximum(6.0 / sp, 0.5), rng) - 1.5 * tr  # central necrosis
-    nec_frac = float(np.clip(rng.beta(1.5, 10) if high else rng.beta(1, 25), 0, 0.6))
-    if grade == 4:
-        nec_frac = min(0.6, nec_frac * 1.5)
-    necrosis = np.zeros(bshape, bool)
+    texture = smooth_field((bxs, bys, bzs), 3.0, rng)
+    nec_field = smooth_field((bxs, bys, bzs), 6.0, rng) - 1.5 * tr  # central necrosis
+    nec_frac = min(features["necrosis_fraction"], 0.6)
+    necrosis = np.zeros(tr.shape, bool)
     if nec_frac > 0.005 and tumour.sum() > 8:
-        thr = np.quantile(nec_field[tumour], 1 - nec_frac)
-        necrosis = tumour & (nec_field > thr)
+        necrosis = tumour & (nec_field > np.quantile(nec_field[tumour], 1 - nec_frac))
 
     for p in PHASES:
-        mu_lo, mu_hi, jitter = TUMOUR_HU[p]
-        mu = (mu_hi if high else mu_lo) + rng.normal(0, jitter)
-        tex = TEXTURE_HU[p][int(high)]
+        mu = features[f"mu_{p}"]
         region = vols[p][box]
-        hu = mu + tex * texture
+        if p in NECROSIS_HU:  # enhanced phases show the grade's texture and necrosis
+            hu = mu + TEXTURE_BASE_HU[p] * features["texture_scale"] * texture
+            hu[necrosis] = NECROSIS_HU[p] + 4.0 * texture[necrosis]
+        else:
+            hu = mu + TEXTURE_BASE_HU[p] * texture
         region[tumour] = hu[tumour]
-        region[necrosis] = NECROSIS_HU[p] + 4.0 * texture[necrosis]
 
     noise_sd = spec.noise_hu * rng.uniform(0.85, 1.15)
     out = {}
     for p in PHASES:
         v = vols[p]
-        v[body[..., None].repeat(nz, axis=2)] += rng.normal(0, noise_sd, size=int(body.sum()) * nz).astype(np.float32)
+        body = v > -950
+        v[body] += rng.normal(0, noise_sd, size=int(body.sum())).astype(np.float32)
         out[p] = np.clip(np.round(v), -1024, 3071).astype(np.int16)
     mask = np.zeros(spec.shape, np.uint8)
     mask[box][tumour] = 1
 
-    clinical = {
+    columns = {
         "age": int(np.clip(round(rng.normal(57.5, 12)), 22, 88)),
         "sex": "M" if rng.random() < 0.63 else "F",
-        "diameter_cm": round(diameter / 10.0, 2),
+        "diameter_cm": round(features["diameter_mm"] / 10.0, 2),
         "side": "left" if side == 1 else "right",
         "site": spec.sites[index % len(spec.sites)],
     }
-    return out, mask, clinical
+    columns.update({f"oracle_{p}": round(oracle_llr(features, p), 6) for p in PHASES})
+    return out, mask, columns
 
 
 def _write_patient(args) -> dict:

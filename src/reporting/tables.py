@@ -5,6 +5,7 @@
 * Table 3  (weak / 2D, slice + patient level)   -> :func:`table3_weak`
 * DeLong pairs within a supervision             -> :func:`delong_pairs`
 * McNemar strong vs weak per phase              -> :func:`mcnemar_strong_vs_weak`
+* The planted-signal ceiling (synthetic cohorts) -> :func:`oracle_table`
 
 Statistics come from :mod:`src.stats` (pROC-equivalent DeLong, statsmodels McNemar, etc.).
 """
@@ -117,6 +118,47 @@ def _delong_pair(a: pd.DataFrame | None, b: pd.DataFrame | None) -> dict:
     return out
 
 
+def oracle_perf(manifest: pd.DataFrame | None, phase: str, split: str) -> dict | None:
+    """AUC (95% DeLong CI) of the cohort's ``oracle_<phase>`` column on one split's patients, or None
+    when the manifest has no such column (real cohorts). The oracle is the log-likelihood ratio of the
+    planted grade features (``src/data/synthetic_grade.py``): its AUC is the ceiling of that phase."""
+    col = f"oracle_{phase}"
+    if manifest is None or col not in manifest or "split" not in manifest or "grade" not in manifest:
+        return None
+    df = manifest[manifest["split"].astype(str).str.strip() == split]
+    llr = pd.to_numeric(df[col], errors="coerce")
+    grade = pd.to_numeric(df["grade"], errors="coerce")
+    keep = llr.notna() & grade.notna()
+    if not keep.any():
+        return None
+    y = (grade[keep] >= 3).astype(int).to_numpy()
+    auc, lo, hi = _safe_auc(y, llr[keep].to_numpy())
+    return {"auc": auc, "auc_low": lo, "auc_high": hi, "n": int(keep.sum())}
+
+
+def oracle_table(sweep: Sweep) -> pd.DataFrame:
+    """Per phase and split: the oracle's AUC and each model's patient AUC as a fraction of it.
+
+    Empty when the cohort carries no oracle columns. On a synthetic cohort the oracle, not the paper,
+    is the reference: the phase ranking is planted, what a model shows is how much of it it recovers.
+    """
+    rows = []
+    for phase in PAPER_PHASE_ORDER:
+        for split in SPLITS:
+            o = oracle_perf(sweep.manifest, phase, split)
+            if o is None:
+                continue
+            row = {"phase": phase, "split": split, "oracle_auc": o["auc"], "oracle_auc_low": o["auc_low"],
+                   "oracle_auc_high": o["auc_high"], "n": o["n"]}
+            for sup in SUPERVISIONS:
+                job = sweep.models.get((phase, sup))
+                auc = _perf(job.patients.get(split), "")["auc"] if job is not None else NAN
+                row[f"{sup}_auc"] = auc
+                row[f"{sup}_auc_of_oracle"] = auc / o["auc"] if o["auc"] == o["auc"] and o["auc"] > 0 else NAN
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def table2_strong(sweep: Sweep, reference_phase: str = "CMP") -> pd.DataFrame:
     """Paper Table 2: per phase AUC (95% DeLong CI), accuracy, sensitivity, specificity train/test,
     and the test-set DeLong p vs the ``reference_phase`` (CMP) model (patients matched by id)."""
@@ -133,6 +175,8 @@ def table2_strong(sweep: Sweep, reference_phase: str = "CMP") -> pd.DataFrame:
             d = {"p": NAN, "z": NAN, "n": 0, "note": f"no {reference_phase} model"}
         else:
             d = _delong_pair(job.patients.get("test"), ref.patients.get("test"))
+        o = oracle_perf(sweep.manifest, phase, "test")
+        row["test_auc_of_oracle"] = row["test_auc"] / o["auc"] if o and o["auc"] > 0 else NAN
         row[f"delong_z_vs_{reference_phase}_test"] = d["z"]
         row[f"delong_p_vs_{reference_phase}_test"] = d["p"]
         row["AUC (95% CI) training / testing"] = (
@@ -160,6 +204,9 @@ def table3_weak(sweep: Sweep) -> pd.DataFrame:
             row.update(pt)
             row["n_patients_with_slices"] = job.slices[split]["patient_id"].nunique() if split in job.slices else 0
             row["Slice AUC (95% CI)"] = fmt_auc(sl["slice_auc"], sl["slice_auc_low"], sl["slice_auc_high"])
+            row["Patient AUC (95% CI)"] = fmt_auc(pt["patient_auc"], pt["patient_auc_low"], pt["patient_auc_high"])
+            o = oracle_perf(sweep.manifest, phase, split)
+            row["patient_auc_of_oracle"] = pt["patient_auc"] / o["auc"] if o and o["auc"] > 0 else NAN
             # Grad-CAM: heat-map localisation from metrics.json (testing set only)
             from src.reporting.gradcam import cam_metrics
 
