@@ -169,7 +169,12 @@ class GradeDataModule(L.LightningDataModule):
             # so a run resumed from a checkpoint sees exactly the batches of an uninterrupted run
             replicas = torch.distributed.get_world_size() if distributed else 1
             rank = torch.distributed.get_rank() if distributed else 0
-            sampler = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+            if self.loader_cfg.get("balance_patients"):
+                from src.data.sampling import PatientBalancedSampler
+
+                sampler = PatientBalancedSampler(ds.meta["patient"], num_replicas=replicas, rank=rank, seed=self.seed)
+            else:
+                sampler = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
         elif distributed:
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 

@@ -1,0 +1,41 @@
+"""Patient-balanced sampling: every patient counts equally, seeded by (seed, epoch), split across DDP ranks."""
+import numpy as np
+import torch
+
+from src.data.sampling import PatientBalancedSampler
+from tests.conftest import compose_datamodule
+
+
+def test_each_patient_draws_the_same_share_whatever_its_number_of_slices():
+    patients = torch.tensor([0] * 2 + [1] * 18 + [2] * 80)  # 2, 18 and 80 lesion slices
+    sampler = PatientBalancedSampler(patients, seed=3)
+    draws = np.concatenate([list(sampler) for sampler.epoch in range(40)])
+    share = np.bincount(patients[draws].numpy()) / len(draws)
+    np.testing.assert_allclose(share, 1 / 3, atol=0.02)  # unweighted shuffling: 0.02 / 0.18 / 0.80
+    assert len(sampler) == len(patients)
+
+
+def test_draws_are_fixed_by_seed_and_epoch_and_dealt_out_to_ranks():
+    patients = torch.arange(10).repeat_interleave(3)
+    a, b = PatientBalancedSampler(patients, seed=1), PatientBalancedSampler(patients, seed=1)
+    a.set_epoch(4)
+    b.set_epoch(4)
+    assert list(a) == list(b)
+    b.set_epoch(5)
+    assert list(a) != list(b)
+    ranks = [PatientBalancedSampler(patients, num_replicas=2, rank=r, seed=1) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(4)
+    merged = [None] * 30
+    merged[0::2], merged[1::2] = list(ranks[0]), list(ranks[1])
+    assert merged == list(a) and len(ranks[0]) == 15  # one shared draw, positions dealt out in turn
+
+
+def test_the_config_switch_gives_the_training_loader_the_balanced_sampler(tmp_path):
+    dm = compose_datamodule(["supervision=weak", "data.loader.balance_patients=true"], tmp_path)
+    dm.prepare_data()
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, PatientBalancedSampler)
+    assert len(sampler) == len(dm.datasets["fit"])
+    assert not isinstance(dm.val_dataloader().sampler, PatientBalancedSampler)  # evaluation: every slice once
