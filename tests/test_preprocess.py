@@ -256,7 +256,8 @@ def test_window_intensity_keeps_absolute_hu(tmp_path):
     write_image(msk, tmp_path / "m.nii.gz", (2.0, 2.0, 2.0))
     case = Case("P1", 3, tmp_path / "i.nii.gz", tmp_path / "m.nii.gz")
     params = {"roi_size": [8, 8, 8], "margin_mm": 4.0, "cube": True, "angles": [90], "spacing_mm": 2.0,
-              "slice_size": [40, 40], "min_tumour_voxels": 1, "weak_fov_mm": None, "window_hu": [-200.0, 300.0]}
+              "slice_size": [40, 40], "min_tumour_voxels": 1, "weak_fov_mm": None, "window_hu": [-200.0, 300.0],
+              "roi_mode": "bbox", "roi_fov_mm": 96.0}
     weak = preprocess_case(case, "weak", {**params, "intensity": "window"})["slices"].astype(np.float32)
     m = np.unpackbits(preprocess_case(case, "weak", {**params, "intensity": "window"})["masks"], axis=-1,
                       count=40).astype(bool)
@@ -268,3 +269,29 @@ def test_window_intensity_keeps_absolute_hu(tmp_path):
     assert abs(float(z[0].mean())) < 1e-4  # the paper's z-score: the tumour's level is gone
     with pytest.raises(InputError, match="preprocess.intensity must be one of"):
         preprocess_case(case, "weak", {**params, "intensity": "dataset"})
+
+
+def test_strong_fixed_field_of_view_keeps_the_tumour_size():
+    """roi_mode=fov: a cube of roi_fov_mm whatever the tumour: a tumour twice as wide fills ~8x the ROI
+    voxels; in the paper's bbox mode each fills the share its box + margin gives it (size is resized away)."""
+    from src.data.preprocess import intensity_transform, roi_fov_mm
+    from src.errors import InputError
+
+    shares = {}
+    window = intensity_transform("window", [0.0, 300.0])  # background 40 HU -> -0.73, tumour 140 HU -> -0.07
+    for width in (8, 16):
+        lo = 30 - width // 2
+        image, mask = _case(shape=(60, 60, 60), spacing=(1.0, 1.0, 1.0),
+                            box=((lo, lo + width), (lo, lo + width), (lo, lo + width)))
+        for mode, fov in (("bbox", None), ("fov", 40.0)):
+            rois = preprocess_strong(image, mask, size=(20, 20, 20), margin_mm=2.0, angles=(90,), fov_mm=fov,
+                                     intensity=window)["rois"]
+            shares[mode, width] = float((rois[0] > -0.4).mean())
+    assert shares["fov", 16] / shares["fov", 8] == pytest.approx(8, rel=0.35)
+    for w in (8, 16):
+        assert shares["fov", w] == pytest.approx((w / 40) ** 3, rel=0.35)
+        assert shares["bbox", w] == pytest.approx((w / (w + 4)) ** 3, rel=0.35)  # 2 mm margin each side
+
+    assert roi_fov_mm({"roi_mode": "fov", "roi_fov_mm": 64}) == 64.0 and roi_fov_mm({"roi_mode": "bbox"}) is None
+    with pytest.raises(InputError, match="preprocess.roi_mode must be one of"):
+        roi_fov_mm({"roi_mode": "box"})

@@ -210,16 +210,18 @@ class RoiViewsd(MapTransform):
     backend MONAI's ``Affine`` uses for integer modes; the spline coefficients are computed once for
     all views), instead of rotating the whole 1 mm volume and then resizing it (two interpolations,
     ~30x slower). The cube is centred on the rotated tumour's box; side = its largest extent +
-    2 * ``margin`` voxels (``cube=False``: box + margin per axis). Output voxel u samples input position
+    2 * ``margin`` voxels (``cube=False``: box + margin per axis); with ``side`` set, a cube of that many
+    voxels whatever the tumour's size (a fixed physical field of view: size survives). Output voxel u samples input position
     start + (u + 0.5) * side / size; at angle 0 this is exactly ``scipy.ndimage.zoom(order=3,
     grid_mode=True, mode="reflect")`` of the cube (tested); samples outside the volume are mirrored.
     Output: (n_views, *size), the views as channels.
     """
 
     def __init__(self, keys: KeysCollection = KEYS, size=(32, 32, 32), margin: int = 5, cube: bool = True,
-                 angles: Sequence[float] = (0.0,), mask_key: str = "mask"):
+                 angles: Sequence[float] = (0.0,), mask_key: str = "mask", side: float | None = None):
         super().__init__(keys)
         self.size, self.margin, self.cube = np.asarray(size, dtype=int), int(margin), bool(cube)
+        self.side = None if side is None else float(side)
         self.angles, self.mask_key = [math.radians(float(a)) for a in angles], mask_key
 
     def coordinates(self, pts: np.ndarray, angle: float) -> np.ndarray:
@@ -230,7 +232,10 @@ class RoiViewsd(MapTransform):
         q = (pts - centre) @ rot.T + centre
         lo, hi = q.min(0) - 0.5, q.max(0) + 0.5  # voxel edges
         extent = hi - lo
-        side = (np.full(3, extent.max()) if self.cube else extent) + 2 * self.margin
+        if self.side is not None:
+            side = np.full(3, self.side)
+        else:
+            side = (np.full(3, extent.max()) if self.cube else extent) + 2 * self.margin
         start = (lo + hi) / 2.0 - side / 2.0
         axes = [start[i] + (np.arange(self.size[i]) + 0.5) * side[i] / self.size[i] for i in range(3)]
         grid = np.stack(np.meshgrid(*axes, indexing="ij"))  # rotated-frame positions
@@ -277,11 +282,12 @@ def intensity_transform(mode: str = "zscore_image", window_hu: Sequence[float] |
 
 
 def roi_view_transforms(size=(32, 32, 32), margin_vox: int = 5, cube: bool = True,
-                        angles: Sequence[float] = (0.0,), intensity: MapTransform | None = None) -> Compose:
+                        angles: Sequence[float] = (0.0,), intensity: MapTransform | None = None,
+                        side_vox: float | None = None) -> Compose:
     """Strong pipeline, views: rotate + crop + cubic resize in one step, then the intensity mapping of each
-    view (default: z-score)."""
+    view (default: z-score). ``side_vox``: a fixed cube side (voxels) instead of the tumour's box."""
     return Compose([
-        RoiViewsd(keys=KEYS, size=size, margin=margin_vox, cube=cube, angles=angles),
+        RoiViewsd(keys=KEYS, size=size, margin=margin_vox, cube=cube, angles=angles, side=side_vox),
         intensity or intensity_transform(),
     ])
 
@@ -356,8 +362,13 @@ def slice_transforms(size=(256, 256), tumour_label: int | None = None, min_voxel
 
 def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cube: bool = True,
                       angles: Sequence[float] = (30, 60, 90, 180), tumour_label: int | None = None,
-                      target_spacing=(1.0, 1.0, 1.0), intensity: MapTransform | None = None) -> dict[str, np.ndarray]:
+                      target_spacing=(1.0, 1.0, 1.0), intensity: MapTransform | None = None,
+                      fov_mm: float | None = None) -> dict[str, np.ndarray]:
     """ROIs of one case: ``rois`` (1 + len(angles), D, H, W) float32, the unrotated view first.
+
+    ``fov_mm`` (``preprocess.roi_mode: fov``): every ROI is a cube of ``fov_mm`` mm centred on the tumour's
+    box, so the tumour keeps its physical size in the ROI (a tumour larger than the cube is cut);
+    None: the cube is the tumour's largest extent plus ``margin_mm`` on each side (``bbox``, the paper).
 
     ``image``/``mask``: (1, X, Y, Z) MetaTensors or SimpleITK images. The context kept around the
     tumour before resampling is what the largest rotated cube needs (half its diagonal in the axial
@@ -368,17 +379,18 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
     spacing = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
     lo, hi = _tumour_box(mask, tumour_label)
     extent = (hi - lo + 1) * np.asarray(spacing)  # mm per stored axis
-    side_mm = float(extent.max()) + 2 * margin_mm
+    side_mm = float(fov_mm) if fov_mm else float(extent.max()) + 2 * margin_mm
     slack = 2 * max(spacing)
     # half the rotated cube's diagonal beyond the tumour box (a superset of what any view needs)
-    context_mm = [side_mm * math.sqrt(2) / 2 - float(e) / 2 + slack for e in extent]
+    context_mm = [max(0.0, side_mm * math.sqrt(2) / 2 - float(e) / 2) + slack for e in extent]
     margin = np.asarray(margin_voxels(spacing, context_mm))
     start, end = np.maximum(lo - margin, 0), np.minimum(hi + 1 + margin, np.asarray(shape))
     base = roi_transforms(spacing, None, target_spacing, tumour_label)(
         {"image": _crop(image, start, end), "mask": _crop(mask, start, end)})
     margin_vox = round(margin_mm / float(target_spacing[0]))
     all_angles = (0.0, *[float(a) for a in angles if float(a) != 0.0])
-    views = roi_view_transforms(size, margin_vox, cube, all_angles, intensity)(base)
+    side_vox = float(fov_mm) / float(target_spacing[0]) if fov_mm else None
+    views = roi_view_transforms(size, margin_vox, cube, all_angles, intensity, side_vox)(base)
     return {"rois": np.asarray(views["image"], dtype=np.float32), "angles": np.asarray(all_angles, np.float32)}
 
 
@@ -428,6 +440,17 @@ def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = Non
     }
 
 
+ROI_MODES = ("bbox", "fov")
+
+
+def roi_fov_mm(params: Mapping) -> float | None:
+    """The strong ROI's fixed field of view (mm) for ``roi_mode: fov``, None for ``bbox``."""
+    mode = params["roi_mode"]
+    if mode not in ROI_MODES:
+        raise InputError(f"preprocess.roi_mode must be one of {', '.join(ROI_MODES)}, got '{mode}'")
+    return float(params["roi_fov_mm"]) if mode == "fov" else None
+
+
 def check_supervision(supervision: str) -> str:
     if supervision not in SUPERVISIONS:
         raise InputError(f"unknown supervision '{supervision}' (expected {' or '.join(SUPERVISIONS)})")
@@ -449,7 +472,8 @@ def preprocess_case(case, supervision: str, params: Mapping, tumour_label: int |
         if supervision == "strong":
             return preprocess_strong(image, mask, size=params["roi_size"], margin_mm=params["margin_mm"],
                                      cube=params["cube"], angles=params["angles"], tumour_label=tumour_label,
-                                     target_spacing=(float(params["spacing_mm"]),) * 3, intensity=intensity)
+                                     target_spacing=(float(params["spacing_mm"]),) * 3, intensity=intensity,
+                                     fov_mm=roi_fov_mm(params))
         return preprocess_weak(image, mask, size=params["slice_size"], tumour_label=tumour_label,
                                min_voxels=params["min_tumour_voxels"], fov_mm=params["weak_fov_mm"],
                                intensity=intensity)
