@@ -133,6 +133,24 @@ def preprocess_input(settings: dict, image: Path, mask: Path, patient_id: str, t
                            settings["preprocess"], tumour_label)
 
 
+def normalise_input(settings: dict, ckpt: Path, arrays: dict) -> dict:
+    """``preprocess.intensity=zscore_dataset``: the images mapped with the training set's mean and SD,
+    as the job saved them in its checkpoint (other modes are complete after preprocessing)."""
+    if settings["preprocess"]["intensity"] != "zscore_dataset":
+        return arrays
+    import numpy as np
+
+    from src.errors import InputError
+    from src.utils.runtime import load_intensity_stats
+
+    stats = load_intensity_stats(ckpt)
+    if not stats:
+        raise InputError("checkpoint lacks the training-set intensity statistics zscore_dataset needs", path=str(ckpt))
+    key = "rois" if settings["supervision"] == "strong" else "slices"
+    x = (np.asarray(arrays[key], dtype=np.float32) - np.float32(stats["mean"])) / np.float32(stats["sd"])
+    return {**arrays, key: x}
+
+
 def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> dict:
     """Patient-level result from preprocessed arrays."""
     import numpy as np
@@ -213,7 +231,7 @@ def predict(ckpt_path, image, mask, patient_id: str = "patient", output_dir=None
     settings = job_settings(load_job_config(job_dir))
     label = settings["tumour_label"] if tumour_label == "job" else tumour_label
     net = load_network(ckpt, settings["net"])
-    arrays = preprocess_input(settings, Path(image), Path(mask), patient_id, label)
+    arrays = normalise_input(settings, ckpt, preprocess_input(settings, Path(image), Path(mask), patient_id, label))
     result = predict_arrays(net, settings, arrays, batch_size=batch_size)
     out = {"patient_id": patient_id, "prob_high": result["prob_high"], "pred": result["pred"],
            "decision": DECISIONS[result["pred"]], "threshold": result["threshold"],

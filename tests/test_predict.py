@@ -149,3 +149,24 @@ def test_command_line(strong_job, cohort, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "patient CLI1: P(high grade) = " in res.stdout
     assert json.loads((tmp_path / "out" / "CLI1.json").read_text())["patient_id"] == "CLI1"
+
+
+def test_zscore_dataset_uses_the_training_statistics_saved_in_the_checkpoint(cohort, tmp_path):
+    """preprocess.intensity=zscore_dataset: inference maps the new patient's HU with the mean and SD the
+    job saved (the datamodule's state in the checkpoint), not with the patient's own statistics."""
+    ckpt = make_job(tmp_path / "job", "strong", 0, "preprocess.intensity=zscore_dataset")
+    state = torch.load(ckpt, weights_only=True)
+    stats = {"mean": 35.0, "sd": 80.0}
+    torch.save({**state, "GradeDataModule": {"intensity_stats": stats}}, ckpt)
+    out = predict(ckpt, cohort / "images" / "SYN0001_CMP.nii.gz", cohort / "masks" / "SYN0001_mask.nii.gz",
+                  output_dir=tmp_path / "pred")
+    arrays, net, _ = _direct(ckpt, cohort, "SYN0001")
+    hu = np.asarray(arrays["rois"][:1], dtype=np.float32)
+    assert hu.mean() > 5  # preprocessing kept HU
+    with torch.no_grad():
+        expect = float(net(torch.from_numpy((hu - 35.0) / 80.0)[None]).softmax(-1)[0, 1])
+    assert out["prob_high"] == pytest.approx(expect, abs=1e-6)
+    torch.save(state, ckpt)  # no statistics: refused, not guessed
+    with pytest.raises(InputError, match="intensity statistics"):
+        predict(ckpt, cohort / "images" / "SYN0001_CMP.nii.gz", cohort / "masks" / "SYN0001_mask.nii.gz",
+                output_dir=tmp_path / "pred2")

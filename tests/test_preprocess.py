@@ -295,3 +295,29 @@ def test_strong_fixed_field_of_view_keeps_the_tumour_size():
     assert roi_fov_mm({"roi_mode": "fov", "roi_fov_mm": 64}) == 64.0 and roi_fov_mm({"roi_mode": "bbox"}) is None
     with pytest.raises(InputError, match="preprocess.roi_mode must be one of"):
         roi_fov_mm({"roi_mode": "box"})
+
+
+def test_zscore_dataset_maps_every_patient_with_the_training_patients_statistics(tmp_path):
+    """The job's training images come out with mean 0 and SD 1 overall (not each image); the statistics
+    are those of the training patients' stored HU, and the datamodule saves them (checkpoint state)."""
+    from tests.conftest import compose_datamodule
+
+    dm = compose_datamodule(["supervision=weak", "preprocess.intensity=zscore_dataset"], tmp_path)
+    dm.prepare_data()
+    dm.setup("fit")
+    fit = dm.datasets["fit"].tensors["image"].double()
+    assert float(fit.mean()) == pytest.approx(0.0, abs=1e-4) and float(fit.std()) == pytest.approx(1.0, abs=1e-3)
+    per_slice = fit.flatten(1).mean(1)
+    assert float(per_slice.std()) > 0.05  # each slice keeps its own level (no per-image z-score)
+    stats = dm.state_dict()["intensity_stats"]
+    hu = np.concatenate([np.asarray(dm.cache.load(c)["slices"], np.float64).ravel()
+                         for c, pid in zip(_cases(dm), dm.patient_ids) if dm.splits[pid] == "train"])
+    assert stats["mean"] == pytest.approx(hu.mean(), rel=1e-6) and stats["sd"] == pytest.approx(hu.std(), rel=1e-6)
+    test = dm.datasets["test"].tensors["image"].double()
+    assert abs(float(test.mean())) < 0.5 and float(test.mean()) != pytest.approx(0.0, abs=1e-4)
+
+
+def _cases(dm):
+    from src.data.manifest import cases_for_phase
+
+    return cases_for_phase(dm.manifest_path(), dm.phase)

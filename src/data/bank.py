@@ -35,6 +35,12 @@ class RowBank:
         self.parts = parts
         self.offsets = np.cumsum([0, *(len(p) for p in parts)])
         self.tensor: torch.Tensor | None = None
+        self.normalisation: tuple[float, float] | None = None  # (mean, sd): rows come out as (x - mean) / sd
+
+    def normalise(self, mean: float, sd: float) -> RowBank:
+        """Every gathered row is returned as float32 (x - mean) / sd from now on."""
+        self.normalisation = (float(mean), float(sd))
+        return self
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -45,13 +51,32 @@ class RowBank:
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         if self.tensor is not None:
-            return self.tensor[rows.to(self.tensor.device)]
-        r = rows.cpu().numpy()
-        case = np.searchsorted(self.offsets, r, side="right") - 1
-        out = np.empty((len(r), *self.parts[0].shape[1:]), dtype=self.parts[0].dtype)
-        for j, (c, k) in enumerate(zip(case, r - self.offsets[case])):
-            out[j] = self.parts[c][k]
-        return torch.from_numpy(out)
+            out = self.tensor[rows.to(self.tensor.device)]
+        else:
+            r = rows.cpu().numpy()
+            case = np.searchsorted(self.offsets, r, side="right") - 1
+            arr = np.empty((len(r), *self.parts[0].shape[1:]), dtype=self.parts[0].dtype)
+            for j, (c, k) in enumerate(zip(case, r - self.offsets[case])):
+                arr[j] = self.parts[c][k]
+            out = torch.from_numpy(arr)
+        if self.normalisation is not None:
+            mean, sd = self.normalisation
+            out = (out.float() - mean) / sd
+        return out
+
+    def moments(self, rows: torch.Tensor, chunk: int = 256) -> tuple[float, float]:
+        """(mean, SD) over every voxel of ``rows`` (the stored values), accumulated in float64."""
+        total = total_sq = 0.0
+        count = 0
+        saved, self.normalisation = self.normalisation, None
+        try:
+            for i in range(0, len(rows), chunk):
+                x = self.gather(rows[i:i + chunk]).double()
+                total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
+        finally:
+            self.normalisation = saved
+        mean = total / max(count, 1)
+        return mean, max(total_sq / max(count, 1) - mean * mean, 0.0) ** 0.5
 
     def to(self, device: torch.device | str) -> RowBank:
         """Copy every row to ``device`` as one tensor, one case at a time (no full host copy)."""

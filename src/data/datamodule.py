@@ -63,6 +63,7 @@ class GradeDataModule(L.LightningDataModule):
         self.datasets: dict[str, BankDataset] = {}
         self.slice_masks: dict[tuple[int, int], np.ndarray] = {}
         self.bank = None
+        self.intensity_stats: dict | None = None  # preprocess.intensity=zscore_dataset: training-set mean, SD
         self.data_device = torch.device("cpu")
         self.augment = None
         if augment.get("enabled"):
@@ -123,8 +124,23 @@ class GradeDataModule(L.LightningDataModule):
         self.bank, self.datasets, self.slice_masks = build_datasets(
             [self.cache.load(c) for c in cases], [c.label for c in cases], [self.splits[p] for p in self.patient_ids],
             self.supervision, self.pp.get("train_angles"))
+        if self.pp["intensity"] == "zscore_dataset":
+            mean, sd = self.bank.moments(self.datasets["fit"].rows)
+            if not sd > 0:
+                raise InputError("preprocess.intensity=zscore_dataset: the training images have no variance",
+                                 path=str(manifest))
+            self.intensity_stats = {"mean": mean, "sd": sd}
+            self.bank.normalise(mean, sd)
+            log.info("intensity: training-set mean %.2f, SD %.2f (zscore_dataset)", mean, sd)
         if self.trainer is not None:
             self.place(self.trainer.strategy.root_device)
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the training-set intensity statistics inference needs (zscore_dataset)."""
+        return {"intensity_stats": self.intensity_stats} if self.intensity_stats else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.intensity_stats = state.get("intensity_stats") or self.intensity_stats
 
     def place(self, device: torch.device | str) -> torch.device:
         """Move the datasets to ``device`` once when they are to be device-resident (``loader.device_resident``:

@@ -31,6 +31,7 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     CropForegroundd,
+    Identityd,
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
@@ -211,8 +212,8 @@ class RoiViewsd(MapTransform):
     all views), instead of rotating the whole 1 mm volume and then resizing it (two interpolations,
     ~30x slower). The cube is centred on the rotated tumour's box; side = its largest extent +
     2 * ``margin`` voxels (``cube=False``: box + margin per axis); with ``side`` set, a cube of that many
-    voxels whatever the tumour's size (a fixed physical field of view: size survives). Output voxel u samples input position
-    start + (u + 0.5) * side / size; at angle 0 this is exactly ``scipy.ndimage.zoom(order=3,
+    voxels whatever the tumour's size (a fixed physical field of view: size survives). Output voxel u
+    samples input position start + (u + 0.5) * side / size; at angle 0 this is exactly ``scipy.ndimage.zoom(order=3,
     grid_mode=True, mode="reflect")`` of the cube (tested); samples outside the volume are mirrored.
     Output: (n_views, *size), the views as channels.
     """
@@ -266,15 +267,19 @@ class RoiViewsd(MapTransform):
         return d
 
 
-INTENSITY_MODES = ("zscore_image", "window")
+INTENSITY_MODES = ("zscore_image", "window", "zscore_dataset")
 
 
 def intensity_transform(mode: str = "zscore_image", window_hu: Sequence[float] | None = None) -> MapTransform:
     """``zscore_image`` (the paper): each ROI view / each slice to mean 0, SD 1 (relative contrast only);
     ``window``: HU in ``window_hu`` = [min, max] scaled linearly to [-1, 1] and clipped, the same mapping
-    for every patient, so absolute enhancement survives."""
+    for every patient, so absolute enhancement survives; ``zscore_dataset``: HU kept here, and the job
+    maps them with the mean and SD of its training patients' images (``GradeDataModule.setup``; stored in
+    the checkpoint for inference), also one mapping for every patient."""
     if mode == "zscore_image":
         return NormalizeIntensityd(keys="image", channel_wise=True)
+    if mode == "zscore_dataset":
+        return Identityd(keys="image")
     if mode == "window":
         lo, hi = (float(v) for v in window_hu)
         return ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True)

@@ -112,6 +112,15 @@ def job_scope(job_dir: Path):
         torch.set_num_threads(threads)
 
 
+def load_intensity_stats(path: str | Path) -> dict | None:
+    """The training-set intensity statistics a checkpoint's datamodule saved (``zscore_dataset``), or None."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("GradeDataModule") if isinstance(ckpt, dict) else None
+    return (state or {}).get("intensity_stats")
+
+
 def load_checkpoint_state(path: str | Path, prefix: str = "net.") -> dict:
     """A Lightning checkpoint's network weights, loaded safely (``torch.load(weights_only=True)``:
     tensors and plain containers only; a checkpoint carrying code is refused, never executed)."""
