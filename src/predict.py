@@ -166,6 +166,12 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
             thr = settings["threshold"]
             return {"prob_high": prob, "pred": int(decide(prob, thr)), "threshold": thr,
                     "input": x[0]}
+        if settings["supervision"] == "mil":  # every lesion slice as one bag: one prediction for the patient
+            bag = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))[None, :, None]
+            prob = float(net(bag).float().softmax(-1)[0, 1])
+            thr = settings["threshold"]
+            return {"prob_high": prob, "pred": int(decide(prob, thr)), "threshold": thr,
+                    "slices": [{"slice_index": int(k)} for k in np.asarray(arrays["slice_index"])]}
         from src.callbacks.aggregation import aggregate_patient
 
         slices = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))[:, None]
@@ -229,6 +235,8 @@ def predict(ckpt_path, image, mask, patient_id: str = "patient", output_dir=None
         raise InputError(f"patient_id '{patient_id}' must be non-empty and contain no path separator")
     ckpt, job_dir = resolve_checkpoint(ckpt_path)
     settings = job_settings(load_job_config(job_dir))
+    if gradcam and settings["supervision"] == "mil":
+        raise InputError("gradcam=true: Grad-CAM explains single-image networks; a mil job has none")
     label = settings["tumour_label"] if tumour_label == "job" else tumour_label
     net = load_network(ckpt, settings["net"])
     arrays = normalise_input(settings, ckpt, preprocess_input(settings, Path(image), Path(mask), patient_id, label))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, SUPERVISIONS, Sweep, load_sweep
+from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, SUPERVISIONS, Sweep, expected_supervisions, load_sweep
 from src.reporting.tables import (
     delong_pairs,
     fmt,
@@ -77,8 +77,10 @@ def _jobs_section(sweep: Sweep) -> str:
         for j in sweep.jobs
     ]
     out.append(_md_table(pd.DataFrame(rows), ["job", "phase", "supervision", "status", "reason"]))
-    expected = len(PAPER_PHASE_ORDER) * len(SUPERVISIONS)
-    out.append(f"\nModels available: {len(sweep.models)} of {expected} expected (3 phases x 2 supervisions).\n")
+    sups = expected_supervisions(sweep.jobs)
+    expected = len(PAPER_PHASE_ORDER) * len(sups)
+    out.append(f"\nModels available: {len(sweep.models)} of {expected} expected "
+               f"({len(PAPER_PHASE_ORDER)} phases x {len(sups)} supervisions: {', '.join(sups)}).\n")
     if sweep.missing:
         out.append("\n**Missing jobs** (no folder): " + ", ".join(f"{p}_{s}" for p, s in sweep.missing) + "\n")
     if sweep.failed:
@@ -152,8 +154,34 @@ def _oracle_section(ot: pd.DataFrame | None) -> str:
             + "\n")
 
 
+def _patient_table(t2: pd.DataFrame, ot: pd.DataFrame | None, empty: str) -> str:
+    """Markdown of a patient-level table (Table 2 layout: strong, and mil's Table 3b)."""
+    if t2.empty:
+        return empty + "\n\n"
+    v = pd.DataFrame(
+        {
+            "Model": t2["phase"],
+            "AUC (95% CI) training / testing": t2["AUC (95% CI) training / testing"],
+            "Accuracy": [_pair(a, b) for a, b in zip(t2["train_accuracy"], t2["test_accuracy"])],
+            "Sensitivity": [_pair(a, b) for a, b in zip(t2["train_sensitivity"], t2["test_sensitivity"])],
+            "Specificity": [_pair(a, b) for a, b in zip(t2["train_specificity"], t2["test_specificity"])],
+            "DeLong P (test, vs CMP)": [fmt_p(p) for p in t2["delong_p_vs_CMP_test"]],
+            "n train / test": [
+                f"{int(a) if a == a else 'NA'} / {int(b) if b == b else 'NA'}"
+                for a, b in zip(t2["train_n"], t2["test_n"])
+            ],
+        }
+    )
+    if ot is not None and len(ot):
+        v["Test AUC / oracle"] = [fmt(x) for x in t2["test_auc_of_oracle"]]
+        v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "AUC (95% CI) training / testing")], ignore_index=True)
+    return (_md_table(v, list(v.columns)) + "\n"
+            "Accuracy, sensitivity, specificity are training / testing at threshold 0.5 "
+            "(CIs in the table's CSV). AUC CI: DeLong.\n\n")
+
+
 def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.DataFrame | None = None,
-              sd: pd.DataFrame | None = None, ot: pd.DataFrame | None = None) -> str:
+              sd: pd.DataFrame | None = None, ot: pd.DataFrame | None = None, t3b: pd.DataFrame | None = None) -> str:
     md = [
         f"# Report: {sweep.path.name}\n\n",
         f"Sweep folder: `{sweep.path}`  \nGenerated: {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n\n",
@@ -180,32 +208,7 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
 
     md.append(_oracle_section(ot))
     md.append("## Table 2. Strongly supervised 3D ResNet-18 (patient level)\n\n")
-    if t2.empty:
-        md.append("_No strongly supervised model available._\n\n")
-    else:
-        v = pd.DataFrame(
-            {
-                "Model": t2["phase"],
-                "AUC (95% CI) training / testing": t2["AUC (95% CI) training / testing"],
-                "Accuracy": [_pair(a, b) for a, b in zip(t2["train_accuracy"], t2["test_accuracy"])],
-                "Sensitivity": [_pair(a, b) for a, b in zip(t2["train_sensitivity"], t2["test_sensitivity"])],
-                "Specificity": [_pair(a, b) for a, b in zip(t2["train_specificity"], t2["test_specificity"])],
-                "DeLong P (test, vs CMP)": [fmt_p(p) for p in t2["delong_p_vs_CMP_test"]],
-                "n train / test": [
-                    f"{int(a) if a == a else 'NA'} / {int(b) if b == b else 'NA'}"
-                    for a, b in zip(t2["train_n"], t2["test_n"])
-                ],
-            }
-        )
-        if ot is not None and len(ot):
-            v["Test AUC / oracle"] = [fmt(x) for x in t2["test_auc_of_oracle"]]
-            v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "AUC (95% CI) training / testing")],
-                          ignore_index=True)
-        md.append(_md_table(v, list(v.columns)) + "\n")
-        md.append(
-            "Accuracy, sensitivity, specificity are training / testing at threshold 0.5 "
-            "(CIs in table2_strong.csv). AUC CI: DeLong.\n\n"
-        )
+    md.append(_patient_table(t2, ot, "_No strongly supervised model available._"))
     _figures(md, figs, (("roc_strong", "Figure 4. ROC curves, strongly supervised models"),
                         ("confusion_strong", "Figure A1. Confusion matrices, strongly supervised, testing set")))
 
@@ -256,6 +259,9 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
     _figures(md, figs, (("roc_weak", "Figure 5. ROC curves, weakly supervised models"),
                         ("confusion_weak", "Figure A2. Confusion matrices, weakly supervised, testing set")))
 
+    if t3b is not None and not t3b.empty:
+        md.append("## Table 3b. Attention-MIL over each patient's lesion slices (beyond the paper; patient level)\n\n")
+        md.append(_patient_table(t3b, ot, ""))
     # Grad-CAM: Figure 6, one Grad-CAM panel per phase (weak models)
     panels = [(k, v) for k, v in figs.items() if k.startswith("gradcam_")]
     if panels:
@@ -322,6 +328,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     t1 = table1_baseline(sweep.manifest)
     t2 = table2_strong(sweep)
     t3 = table3_weak(sweep)
+    t3b = table2_strong(sweep, supervision="mil")
     dl = delong_pairs(sweep)
     mc = mcnemar_strong_vs_weak(sweep)
     th = thresholds_table(sweep)
@@ -335,6 +342,8 @@ def write_report(sweep_dir: str | Path) -> Path:
         _write_csv(out / "table1_baseline.csv", t1)
     _write_csv(out / "table2_strong.csv", t2)
     _write_csv(out / "table3_weak.csv", t3)
+    if not t3b.empty:
+        _write_csv(out / "table3b_mil.csv", t3b)
     _write_csv(out / "delong.csv", dl)
     _write_csv(out / "mcnemar.csv", mc)
 
@@ -357,7 +366,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     for phase, name in figure6_panels(sweep, out, PAPER_PHASE_ORDER).items():
         figs[f"gradcam_{phase}"] = name
     report = out / "report.md"
-    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs, th, sd, ot))
+    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs, th, sd, ot, t3b))
     return report
 
 

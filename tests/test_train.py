@@ -8,7 +8,7 @@ import pytest
 from src.train import train
 
 
-@pytest.mark.parametrize("supervision", ["strong", "weak"])
+@pytest.mark.parametrize("supervision", ["strong", "weak", "mil"])
 def test_fit_and_test_write_predictions_and_metrics(cfg_factory, tmp_path, supervision):
     cfg = cfg_factory(f"supervision={supervision}", "phase=CMP")
     metrics = train(cfg)

@@ -332,17 +332,19 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
     (None = all) using at most ``max_slices`` lesion slices each, in ``test_metrics``, which the
     PredictionWriter adds to metrics.json. Per-slice scores: ``gradcam/test_scores.csv``.
     Rank 0 only; PNGs in ``output_dir``; images logged to a WandbLogger when one is active.
+    ``target_layer`` None (a model with no explainable layer, e.g. the MIL bag model): does nothing.
     """
 
     def __init__(self, output_dir: str, every_n_epochs: int = 5, n_patients: int = 4, max_slices: int = 8,
                  score_patients: int | None = None, on_validation: bool = True, on_test: bool = True,
-                 class_index: int | None = None, target_layer: str = TARGET_LAYER,
+                 class_index: int | None = None, target_layer: str | None = TARGET_LAYER,
                  window_z: Sequence[float] = (0.9, 1.8), alpha: float = 0.45, cmap: str = "jet",
                  dpi: int = 100):
         self.output_dir = Path(output_dir)
         self.every_n_epochs, self.n_patients, self.max_slices = int(every_n_epochs), int(n_patients), int(max_slices)
         self.score_patients = None if score_patients is None else int(score_patients)
-        self.on_validation, self.on_test = bool(on_validation), bool(on_test)
+        self.on_validation = bool(on_validation) and target_layer is not None
+        self.on_test = bool(on_test) and target_layer is not None
         self.class_index = None if class_index is None else int(class_index)
         self.target_layer, self.window_z = target_layer, tuple(float(v) for v in window_z)
         self.fig_kw = {"alpha": float(alpha), "cmap": cmap, "dpi": int(dpi)}

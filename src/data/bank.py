@@ -127,6 +127,55 @@ class BankDataset(Dataset):
         return self.batch(torch.arange(len(self)))
 
 
+class BagDataset(Dataset):
+    """One sample per patient: every one of its rows of a shared :class:`RowBank` as one bag (``supervision=mil``).
+
+    A batch is ``{image: (B, N, 1, *spatial), label, patient, slice}`` with ``slice`` = -1 (one prediction per
+    patient). Bags of a batch with fewer rows than the largest repeat their rows cyclically up to N (with
+    one bag per batch, the default of ``conf/supervision/mil.yaml``, every bag is exactly its rows).
+    """
+
+    def __init__(self, bank: RowBank, bags: list[torch.Tensor], label: torch.Tensor, patient: torch.Tensor):
+        if not (len(bags) == len(label) == len(patient)):
+            raise ValueError("bags and per-patient tables of unequal length")
+        self.bank, self.bags = bank, [torch.as_tensor(b, dtype=torch.long) for b in bags]
+        self.meta = {"label": label, "patient": patient, "slice": torch.full((len(bags),), -1, dtype=torch.long)}
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = idx.cpu()
+        bags = [self.bags[int(i)] for i in idx]
+        n = max(len(b) for b in bags)
+        rows = torch.stack([b[torch.arange(n) % len(b)] for b in bags])  # (B, N)
+        images = self.bank.gather(rows.reshape(-1))
+        images = images.reshape(len(bags), n, 1, *images.shape[1:])
+        device = images.device
+        return {"image": images, **{k: v.to(device)[idx.to(device)] for k, v in self.meta.items()}}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.batch(torch.tensor([int(i)])).items()}
+
+    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
+        return self.batch(torch.as_tensor(indices, dtype=torch.long))
+
+    def to(self, device: torch.device | str) -> BagDataset:
+        self.meta = {k: v.to(device) for k, v in self.meta.items()}
+        return self
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """Every bank row of every bag (for statistics over the set)."""
+        return torch.cat(self.bags) if self.bags else torch.zeros(0, dtype=torch.long)
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every bag as tensors, one at a time (bags differ in size): a list of images, stacked tables."""
+        items = [self[i] for i in range(len(self))]
+        return {"image": [it["image"] for it in items], **{k: torch.stack([it[k] for it in items]) for k in self.meta}}
+
+
 def case_views(arrays: dict, split: str, supervision: str, train_angles=None):
     """(target set, (rows of the case's image array, slice indices)) for one patient of ``split``.
 
@@ -164,10 +213,19 @@ def make_dataset(bank: RowBank, rows: list) -> BankDataset:
     )
 
 
+def make_bags(bank: RowBank, rows: list) -> BagDataset:
+    """A bag dataset from ``(patient index, label, bank rows, slice indices)`` tuples: one bag per patient."""
+    return BagDataset(bank, [torch.as_tensor(np.asarray(r[2]), dtype=torch.long) for r in rows],
+                      label=torch.tensor([r[1] for r in rows]), patient=torch.tensor([r[0] for r in rows]))
+
+
 def build_datasets(case_arrays: list[dict], labels: list[int], splits: list[str], supervision: str,
                    train_angles=None) -> tuple[RowBank, dict[str, BankDataset], dict[tuple[int, int], np.ndarray]]:
     """(bank, datasets by set name, packed lesion-slice masks by (patient index, slice index)) for the
-    cases' arrays (in patient-index order) with their labels and splits ('train', 'val', 'test')."""
+    cases' arrays (in patient-index order) with their labels and splits ('train', 'val', 'test').
+    ``mil``: the weak model's slices, one :class:`BagDataset` bag per patient."""
+    bags = supervision == "mil"
+    supervision = "weak" if bags else supervision
     rows: dict[str, list] = {s: [] for s in ("fit", "val", "train", "test")}
     parts, offset, slice_masks = [], 0, {}
     for idx, (arrays, label, split) in enumerate(zip(case_arrays, labels, splits)):
@@ -180,4 +238,5 @@ def build_datasets(case_arrays: list[dict], labels: list[int], splits: list[str]
             for z, packed in zip(arrays["slice_index"], arrays["masks"]):
                 slice_masks[(idx, int(z))] = packed
     bank = RowBank(parts)
-    return bank, {name: make_dataset(bank, r) for name, r in rows.items() if r}, slice_masks
+    make = make_bags if bags else make_dataset
+    return bank, {name: make(bank, r) for name, r in rows.items() if r}, slice_masks

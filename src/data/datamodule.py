@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.bank import BankDataset, build_datasets, collated
 from src.data.cache import PreprocessCache
-from src.data.manifest import PHASES, cases_for_phase, given_splits, read_manifest
+from src.data.manifest import PHASES, PREPROCESSING, cases_for_phase, given_splits, read_manifest
 from src.data.preprocess import check_supervision
 from src.data.splits import assign_splits
 from src.errors import InputError
@@ -56,7 +56,7 @@ class GradeDataModule(L.LightningDataModule):
         self.batch_size = int(loader["batch_size"])
         self.tumour_label, self.seed = tumour_label, int(seed)
         self.workers, self.concurrent_jobs = workers, max(1, int(concurrent_jobs))
-        self.cache = PreprocessCache(self.cache_root, phase, supervision, self.pp, tumour_label)
+        self.cache = PreprocessCache(self.cache_root, phase, PREPROCESSING[supervision], self.pp, tumour_label)
         self.stats = {"preprocessed": 0, "cached": 0}
         self.patient_ids: list[str] = []
         self.splits: dict[str, str] = {}
@@ -199,7 +199,10 @@ class GradeDataModule(L.LightningDataModule):
         on_host = self.data_device.type == "cpu"
         workers = int(self.loader_cfg["num_workers"]) if on_host else 0
         pin = bool(self.loader_cfg["pin_memory"]) and on_host
-        batch = self.batch_size if train else int(self.loader_cfg["eval_batch_size"])
+        if self.supervision == "mil":
+            batch = int(self.loader_cfg["bags_per_batch"])
+        else:
+            batch = self.batch_size if train else int(self.loader_cfg["eval_batch_size"])
         return DataLoader(ds, batch_size=batch, shuffle=False, sampler=sampler, num_workers=workers,
                           collate_fn=collated, pin_memory=pin, persistent_workers=workers > 0)
 
@@ -207,7 +210,10 @@ class GradeDataModule(L.LightningDataModule):
         """Training batches only, on the training device: random augmentation (``data.augment``)."""
         trainer = self.trainer
         if self.augment is not None and trainer is not None and trainer.training:
-            batch["image"] = self.augment(batch["image"], step=trainer.global_step, rank=trainer.global_rank)
+            images = batch["image"]
+            flat = images.flatten(0, 1) if self.supervision == "mil" else images  # bags: every slice on its own
+            flat = self.augment(flat, step=trainer.global_step, rank=trainer.global_rank)
+            batch["image"] = flat.reshape(images.shape)
         return batch
 
     def train_dataloader(self) -> DataLoader:

@@ -21,7 +21,10 @@ import pandas as pd
 from src.errors import InputError
 
 PHASES = ("UP", "CMP", "NP")  # the paper's phases (conf/phase/; a manifest may add others, e.g. EP)
-SUPERVISIONS = ("strong", "weak")  # strong: 3D tumour ROI; weak: every lesion slice (conf/supervision/)
+# strong: 3D tumour ROI; weak: every lesion slice; mil: each patient's lesion slices as one bag (conf/supervision/)
+SUPERVISIONS = ("strong", "weak", "mil")
+PAPER_SUPERVISIONS = ("strong", "weak")  # the paper's two: a sweep report expects both for every phase
+PREPROCESSING = {"strong": "strong", "weak": "weak", "mil": "weak"}  # the preprocessing each supervision reads
 SPLITS = ("train", "test")
 GRADES = (1, 2, 3, 4)
 HIGH_GRADE_MIN = 3  # label 1 ("high") for WHO/ISUP 3-4, 0 ("low") for 1-2

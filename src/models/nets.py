@@ -1,4 +1,5 @@
-"""ResNet-18 builders (MONAI), 3D for the strong ROI model and 2D for the weak slice model.
+"""ResNet-18 builders (MONAI), 3D for the strong ROI model, 2D for the weak slice model, and the
+attention-MIL model over a patient's slices (MONAI ``MILModel`` on the same 2D ResNet-18).
 
 Stems are chosen deliberately and stay configurable (``conv1_t_size``, ``conv1_t_stride``,
 ``no_max_pool``):
@@ -21,3 +22,22 @@ def resnet18(spatial_dims: int, in_channels: int = 1, num_classes: int = 2, conv
     return monai_resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
                           conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool,
                           widen_factor=widen_factor, pretrained=False)
+
+
+def mil_resnet18(in_channels: int = 1, num_classes: int = 2, mil_mode: str = "att", conv1_t_size: int = 7,
+                 conv1_t_stride: int = 2, no_max_pool: bool = False, widen_factor: float = 1.0) -> nn.Module:
+    """MONAI ``MILModel`` (``mil_mode``: att = attention-based MIL, Ilse et al. 2018; mean; max) whose
+    instance encoder is the weak model's 2D ResNet-18 without its classifier. Input (B, N, C, H, W):
+    N slices per patient; output (B, num_classes) logits per patient."""
+    import torch
+    from monai.networks.nets import MILModel, ResNet
+    from monai.networks.nets.resnet import ResNetBlock
+
+    backbone = ResNet(ResNetBlock, [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=2, n_input_channels=in_channels,
+                      conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool,
+                      widen_factor=widen_factor, feed_forward=False)
+    with torch.no_grad():
+        features = int(backbone.eval()(torch.zeros(1, in_channels, 32, 32)).shape[-1])
+    backbone.train()
+    return MILModel(num_classes=num_classes, mil_mode=mil_mode, pretrained=False, backbone=backbone,
+                    backbone_num_features=features)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.data.manifest import PHASES, SPLITS, SUPERVISIONS
+from src.data.manifest import PAPER_SUPERVISIONS, PHASES, SPLITS, SUPERVISIONS
 
 PAPER_PHASE_ORDER = ("CMP", "NP", "UP")  # row order of the paper's Tables 2-3
 
@@ -195,6 +195,12 @@ class Sweep:
     manifest: pd.DataFrame | None
 
 
+def expected_supervisions(jobs: list[Job]) -> list[str]:
+    """The paper's two supervisions, and any other (mil) that at least one job of the sweep ran."""
+    seen = {j.supervision for j in jobs}
+    return [s for s in SUPERVISIONS if s in PAPER_SUPERVISIONS or s in seen]
+
+
 def load_sweep(sweep_dir: str | Path) -> Sweep:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -210,7 +216,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         else:
             models[j.key] = j  # type: ignore[index]
     present = {j.key for j in jobs}
-    missing = [(p, s) for s in SUPERVISIONS for p in PAPER_PHASE_ORDER if (p, s) not in present]
+    missing = [(p, s) for s in expected_supervisions(jobs) for p in PAPER_PHASE_ORDER if (p, s) not in present]
     failed = [j for j in jobs if j.status != "ok"]
     manifest = None
     mpath = sweep_dir / "manifest.csv"

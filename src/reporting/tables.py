@@ -159,13 +159,14 @@ def oracle_table(sweep: Sweep) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def table2_strong(sweep: Sweep, reference_phase: str = "CMP") -> pd.DataFrame:
+def table2_strong(sweep: Sweep, reference_phase: str = "CMP", supervision: str = "strong") -> pd.DataFrame:
     """Paper Table 2: per phase AUC (95% DeLong CI), accuracy, sensitivity, specificity train/test,
-    and the test-set DeLong p vs the ``reference_phase`` (CMP) model (patients matched by id)."""
+    and the test-set DeLong p vs the ``reference_phase`` (CMP) model (patients matched by id).
+    ``supervision``: another patient-level model in the same layout (``mil``: its Table 3b)."""
     rows = []
-    ref = sweep.models.get((reference_phase, "strong"))
+    ref = sweep.models.get((reference_phase, supervision))
     for phase in PAPER_PHASE_ORDER:
-        job = sweep.models.get((phase, "strong"))
+        job = sweep.models.get((phase, supervision))
         if job is None:
             continue
         row: dict = {"phase": phase, "job": job.name}
@@ -218,7 +219,7 @@ def table3_weak(sweep: Sweep) -> pd.DataFrame:
 def delong_pairs(sweep: Sweep, splits=SPLITS) -> pd.DataFrame:
     """Paired DeLong test for every pair of phases within a supervision (patient level)."""
     rows = []
-    for sup in ("strong", "weak"):
+    for sup in SUPERVISIONS:
         for split in splits:
             for pa, pb in combinations(PAPER_PHASE_ORDER, 2):
                 ja, jb = sweep.models.get((pa, sup)), sweep.models.get((pb, sup))

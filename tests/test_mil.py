@@ -1,0 +1,93 @@
+"""supervision=mil: each patient's lesion slices as one bag (MONAI MILModel over the weak model's ResNet-18)."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from src.data.bank import BagDataset, RowBank
+from src.models.nets import mil_resnet18
+from tests.conftest import compose_datamodule
+
+
+def test_bags_gather_every_row_of_a_patient_and_pad_cyclically():
+    bank = RowBank([np.arange(5 * 4, dtype=np.float32).reshape(5, 2, 2)])
+    ds = BagDataset(bank, [torch.tensor([0, 1, 2]), torch.tensor([3, 4])], label=torch.tensor([1, 0]),
+                    patient=torch.tensor([7, 9]))
+    one = ds[1]
+    assert one["image"].shape == (2, 1, 2, 2) and int(one["patient"]) == 9 and int(one["slice"]) == -1
+    np.testing.assert_array_equal(one["image"][:, 0].numpy(), bank.parts[0][[3, 4]])
+    both = ds.__getitems__([0, 1])
+    assert both["image"].shape == (2, 3, 1, 2, 2)
+    np.testing.assert_array_equal(both["image"][1, :, 0].numpy(), bank.parts[0][[3, 4, 3]])  # 2 rows -> 3, cyclic
+    assert both["label"].tolist() == [1, 0] and ds.rows.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_the_mil_datamodule_has_one_bag_per_patient_from_the_weak_cache(tmp_path):
+    weak = compose_datamodule(["supervision=weak"], tmp_path)
+    weak.prepare_data()
+    mil = compose_datamodule(["supervision=mil"], tmp_path)
+    mil.prepare_data()
+    assert mil.stats == {"preprocessed": 0, "cached": 20}  # the weak model's preprocessing, read from its cache
+    weak.setup("fit")
+    mil.setup("fit")
+    for name in ("fit", "val", "test"):
+        bags, slices = mil.datasets[name], weak.datasets[name]
+        assert len(bags) == len(set(slices.meta["patient"].tolist()))
+        assert sum(len(b) for b in bags.bags) == len(slices)
+    batch = next(iter(mil.train_dataloader()))
+    assert batch["image"].ndim == 5 and batch["image"].shape[0] == 1  # (1 bag, N slices, 1, H, W)
+
+
+def test_mil_model_is_invariant_to_slice_order_and_counts_every_slice():
+    torch.manual_seed(0)
+    net = mil_resnet18(widen_factor=0.25).eval()
+    bag = torch.randn(1, 6, 1, 32, 32)
+    with torch.no_grad():
+        a, b = net(bag), net(bag[:, torch.randperm(6)])
+        c = net(bag[:, :3])
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # attention pooling: a set, not a sequence
+    assert not torch.allclose(a, c)
+
+
+def test_predict_on_a_mil_job_is_the_bag_prediction(tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from src.data.manifest import Case
+    from src.data.preprocess import preprocess_case
+    from src.data.synthetic import generate_cohort
+    from src.errors import InputError
+    from src.predict import predict
+    from tests.test_predict import SPEC, make_job
+
+    cohort = generate_cohort(tmp_path / "c", SPEC).parent
+    ckpt = make_job(tmp_path / "job", "mil")
+    image, mask = cohort / "images" / "SYN0002_CMP.nii.gz", cohort / "masks" / "SYN0002_mask.nii.gz"
+    out = predict(ckpt, image, mask, output_dir=tmp_path / "pred")
+    cfg = OmegaConf.load(tmp_path / "job" / ".hydra" / "config.yaml")
+    net = instantiate(cfg.model.net)
+    net.load_state_dict({k[4:]: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items()})
+    arrays = preprocess_case(Case("x", 1, image, mask), "weak", OmegaConf.to_container(cfg.preprocess, resolve=True))
+    bag = torch.from_numpy(arrays["slices"].astype(np.float32))[None, :, None]
+    with torch.no_grad():
+        expect = float(net.eval()(bag).softmax(-1)[0, 1])
+    assert out["prob_high"] == pytest.approx(expect, abs=1e-6) and out["supervision"] == "mil"
+    with pytest.raises(InputError, match="Grad-CAM"):
+        predict(ckpt, image, mask, output_dir=tmp_path / "pred2", gradcam=True)
+    assert not (tmp_path / "pred2").exists()
+
+
+def test_report_gives_mil_its_table_and_expects_it_only_when_run(tmp_path):
+    from src.report import write_report
+    from tests.test_report import _make_job
+
+    root = tmp_path / "sweep"
+    root.mkdir()
+    _make_job(root, 0, "CMP", "strong")
+    md = write_report(root).read_text(encoding="utf-8")
+    assert "of 6 expected (3 phases x 2 supervisions: strong, weak)" in md and "Table 3b" not in md
+    _make_job(root, 1, "CMP", "mil")
+    md = write_report(root).read_text(encoding="utf-8")
+    assert "of 9 expected" in md and "NP_mil" in md  # a sweep that ran mil expects it for every phase
+    t3b = pd.read_csv(root / "report" / "table3b_mil.csv")
+    assert t3b["phase"].tolist() == ["CMP"] and "## Table 3b. Attention-MIL" in md
