@@ -89,6 +89,7 @@ def job_settings(job_cfg: DictConfig) -> dict:
             "tumour_label": OmegaConf.select(job_cfg, "data.tumour_label", default=None),
             "aggregation": agg,
             "threshold": float(threshold),
+            "cam_layer": OmegaConf.select(job_cfg, "model.cam_layer", default=None),
         }
     except Exception as exc:  # a config that is not a training job's
         raise InputError(f"cannot read the job config ({type(exc).__name__}: {exc})") from None
@@ -183,7 +184,10 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
         masks = np.unpackbits(np.asarray(arrays["masks"]), axis=-1, count=width).astype(bool)
         z = np.asarray(arrays["slice_index"]).astype(int)
         agg = settings["aggregation"]
-        res = aggregate_patient(z, probs, masks, threshold=settings["threshold"], **agg)
+        from src.callbacks.cam_regions import cam_masks, rule_options, uses_cam
+
+        regions = cam_masks(net, slices, settings["cam_layer"], agg["cam_threshold"]) if uses_cam(agg) else masks
+        res = aggregate_patient(z, probs, regions, threshold=settings["threshold"], **rule_options(agg))
         return {"prob_high": float(res.prob_high), "pred": int(res.pred), "threshold": settings["threshold"],
                 "aggregation": agg, "aggregation_info": _jsonable(res.info),
                 "slices": [{"slice_index": int(k), "prob_high": float(p)} for k, p in zip(z, probs[:, 1])],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from src.callbacks.predictions import gather_outputs, patient_table, score
+from src.callbacks.predictions import gather_outputs, patient_table, regions_for, score
 
 
 class PatientValidation(L.Callback):
@@ -31,7 +31,9 @@ class PatientValidation(L.Callback):
         self.outputs = []
         if trainer.sanity_checking or df.empty:
             return
-        patients = patient_table(df, trainer.datamodule, self.threshold, self.aggregation)
+        dm = trainer.datamodule
+        patients = patient_table(df, dm, self.threshold, self.aggregation,
+                                 regions_for(pl_module, dm.datasets["val"], df, self.aggregation))
         metrics = score(patients["label"].to_numpy(), patients["prob_high"].to_numpy(), patients["pred"].to_numpy(),
                         "val")
         keys = ("val_auc", "val_accuracy", "val_sensitivity", "val_specificity")

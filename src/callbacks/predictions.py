@@ -97,10 +97,12 @@ def youden_metrics(frames: dict[str, pd.DataFrame]) -> dict[str, float]:
     return out
 
 
-def patient_table(df: pd.DataFrame, dm, threshold: float, aggregation: dict) -> pd.DataFrame:
+def patient_table(df: pd.DataFrame, dm, threshold: float, aggregation: dict, regions=None) -> pd.DataFrame:
     """Per-patient ``patient, label, prob_high, pred`` from :func:`gather_outputs`' rows: strong rows are
     patients already (``pred = decide(prob_high, threshold)``); weak slices are aggregated with
-    ``aggregation`` (``src.callbacks.aggregation.aggregate_patient``; masks from ``dm.slice_mask``)."""
+    ``aggregation`` (``src.callbacks.aggregation.aggregate_patient``); the slices' regions are
+    ``regions(patient, slice)`` (:mod:`src.callbacks.cam_regions`) or, when None, the tumour masks
+    (``dm.slice_mask``)."""
     from src.stats import decide
 
     if (df["slice"] < 0).all():  # strong: one row per patient already
@@ -108,15 +110,28 @@ def patient_table(df: pd.DataFrame, dm, threshold: float, aggregation: dict) -> 
         out["pred"] = decide(out["prob_high"], threshold)
         return out
     from src.callbacks.aggregation import aggregate_patient
+    from src.callbacks.cam_regions import rule_options
 
+    region = regions if regions is not None else dm.slice_mask
+    rule = rule_options(aggregation)
     rows = []
     for pid, g in df.groupby("patient", sort=True):
-        masks = np.stack([dm.slice_mask(pid, int(z)) for z in g["slice"]])
+        masks = np.stack([region(pid, int(z)) for z in g["slice"]])
         res = aggregate_patient(g["slice"].to_numpy(), g[["p_low", "p_high"]].to_numpy(), masks,
-                                threshold=threshold, **aggregation)
+                                threshold=threshold, **rule)
         rows.append({"patient": pid, "label": int(g["label"].iloc[0]), "prob_high": res.prob_high,
                      "pred": int(res.pred)})
     return pd.DataFrame(rows)
+
+
+def regions_for(pl_module, dataset, df: pd.DataFrame, aggregation: dict):
+    """The slice regions the chain rule links by: None (the tumour masks) unless ``aggregation.regions`` is
+    cam and the rows are slices, then the network's Grad-CAM regions over ``dataset``."""
+    from src.callbacks.cam_regions import cam_regions, uses_cam
+
+    if not uses_cam(aggregation) or (df["slice"] < 0).all():
+        return None
+    return cam_regions(pl_module.net, dataset, pl_module.hparams.cam_layer, aggregation["cam_threshold"])
 
 
 class PredictionWriter(L.Callback):
@@ -149,7 +164,8 @@ class PredictionWriter(L.Callback):
             df = gather_outputs(self.outputs.get(idx, []))
             if df.empty:
                 continue
-            patients = patient_table(df, dm, self.threshold, self.aggregation)
+            patients = patient_table(df, dm, self.threshold, self.aggregation,
+                                     regions_for(pl_module, dm.datasets[name], df, self.aggregation))
             patients.insert(0, "patient_id", [dm.patient_ids[i] for i in patients["patient"]])
             frames[name] = patients.drop(columns="patient")[["patient_id", "label", "prob_high", "pred"]]
             metrics.update(score(patients["label"].to_numpy(), patients["prob_high"].to_numpy(),
