@@ -15,12 +15,15 @@ def augment_cfg(tmp_path):
     return dict(compose_cfg(["supervision=weak"], tmp_path / "job", tmp_path).data.augment)
 
 
-def test_augmentation_is_an_option_off_by_default(tmp_path, augment_cfg):
-    assert augment_cfg["enabled"] is False and [0, 30, 60, 90, 180] == list(augment_cfg["angles_deg"])
+def test_augmentation_is_on_in_the_weak_recipe_and_an_option_for_strong(tmp_path, augment_cfg):
+    assert augment_cfg["enabled"] is True and [0, 30, 60, 90, 180] == list(augment_cfg["angles_deg"])
     assert compose_cfg(["supervision=strong"], tmp_path / "job", tmp_path).data.augment.enabled is False
-    on = compose_datamodule(["supervision=weak", "data.augment.enabled=true"], tmp_path / "on")
+    on = compose_datamodule(["supervision=weak"], tmp_path / "on")
     assert on.augment is not None and on.augment.size == (32, 32)  # the weak smoke slices
-    assert compose_datamodule(["supervision=weak"], tmp_path / "off").augment is None
+    off = compose_datamodule(["supervision=weak", "data.augment.enabled=false"], tmp_path / "off")
+    assert off.augment is None
+    strong = compose_datamodule(["supervision=strong", "data.augment.enabled=true"], tmp_path / "strong")
+    assert strong.augment is not None and strong.augment.size == (16, 16, 16)  # the strong smoke ROIs
 
 
 def test_same_step_same_draw_other_step_other_draw(augment_cfg):

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from src.callbacks.aggregation import aggregate_patient
+from src.callbacks.cam_regions import rule_options
 from src.data.manifest import Case
 from src.data.preprocess import preprocess_case
 from src.data.synthetic import SyntheticSpec, generate_cohort
@@ -98,7 +99,7 @@ def test_weak_aggregates_slices_with_the_job_rule(tmp_path, cohort):
     with torch.no_grad():
         probs = net(torch.from_numpy(np.asarray(arrays["slices"], np.float32))[:, None]).softmax(-1).double().numpy()
     masks = np.unpackbits(arrays["masks"], axis=-1, count=32).astype(bool)
-    expect = aggregate_patient(arrays["slice_index"], probs, masks, **agg)
+    expect = aggregate_patient(arrays["slice_index"], probs, masks, **rule_options(agg))
     assert agg["method"] == "mean" and out["aggregation"]["method"] == "mean"
     assert out["prob_high"] == pytest.approx(expect.prob_high, abs=1e-6) and out["pred"] == expect.pred
     assert [s["slice_index"] for s in out["slices"]] == arrays["slice_index"].tolist()

@@ -33,7 +33,7 @@ class PatientValidation(L.Callback):
             return
         dm = trainer.datamodule
         patients = patient_table(df, dm, self.threshold, self.aggregation,
-                                 regions_for(pl_module, dm.datasets["val"], df, self.aggregation))
+                                 regions_for(pl_module, dm, "val", df, self.aggregation))
         metrics = score(patients["label"].to_numpy(), patients["prob_high"].to_numpy(), patients["pred"].to_numpy(),
                         "val")
         keys = ("val_auc", "val_accuracy", "val_sensitivity", "val_specificity")

@@ -124,14 +124,14 @@ def patient_table(df: pd.DataFrame, dm, threshold: float, aggregation: dict, reg
     return pd.DataFrame(rows)
 
 
-def regions_for(pl_module, dataset, df: pd.DataFrame, aggregation: dict):
+def regions_for(pl_module, dm, name: str, df: pd.DataFrame, aggregation: dict):
     """The slice regions the chain rule links by: None (the tumour masks) unless ``aggregation.regions`` is
-    cam and the rows are slices, then the network's Grad-CAM regions over ``dataset``."""
+    cam and the rows are slices, then the network's Grad-CAM regions over the datamodule's set ``name``."""
     from src.callbacks.cam_regions import cam_regions, uses_cam
 
     if not uses_cam(aggregation) or (df["slice"] < 0).all():
         return None
-    return cam_regions(pl_module.net, dataset, pl_module.hparams.cam_layer, aggregation["cam_threshold"])
+    return cam_regions(pl_module.net, dm.datasets[name], pl_module.hparams.cam_layer, aggregation["cam_threshold"])
 
 
 class PredictionWriter(L.Callback):
@@ -165,7 +165,7 @@ class PredictionWriter(L.Callback):
             if df.empty:
                 continue
             patients = patient_table(df, dm, self.threshold, self.aggregation,
-                                     regions_for(pl_module, dm.datasets[name], df, self.aggregation))
+                                     regions_for(pl_module, dm, name, df, self.aggregation))
             patients.insert(0, "patient_id", [dm.patient_ids[i] for i in patients["patient"]])
             frames[name] = patients.drop(columns="patient")[["patient_id", "label", "prob_high", "pred"]]
             metrics.update(score(patients["label"].to_numpy(), patients["prob_high"].to_numpy(),
