@@ -51,29 +51,36 @@ def zcorr_profile(volume: np.ndarray, spacing, dz_mm=DZ_MM, sigma_mm: float = 3.
     return np.asarray(out)
 
 
-def real_profiles(shared: str | Path, **options) -> dict[str, np.ndarray]:
-    """The profile of each real scan in ``shared/data/realct`` (empty when the folder is absent)."""
+VARIANTS = {False: "body = voxels > -500 HU", True: "body = filled outline (bowel gas included)"}
+
+
+def _real_volumes(shared: str | Path):
     import SimpleITK as sitk
 
-    root = Path(shared) / "data" / "realct"
-    out = {}
-    for path in sorted(root.glob("*/*_ct.nii.gz")):
+    for path in sorted((Path(shared) / "data" / "realct").glob("*/*_ct.nii.gz")):
         img = sitk.ReadImage(str(path))
-        out[path.name] = zcorr_profile(sitk.GetArrayFromImage(img).transpose(2, 1, 0), img.GetSpacing(),
-                                   **options)
-    return out
+        yield path.name, sitk.GetArrayFromImage(img).transpose(2, 1, 0), img.GetSpacing(), None
 
 
-def synthetic_profile(n_patients: int = 6, shape=(256, 256, 40), seed: int = 0, **options) -> np.ndarray:
-    """Mean profile over ``n_patients`` synthetic patients (tumour voxels excluded), CMP phase."""
+def _synthetic_volumes(n_patients: int, shape, seed: int):
     from src.data.synthetic import SyntheticSpec, synth_patient
 
     spec = SyntheticSpec(n_patients=n_patients, shape=tuple(shape), seed=seed)
-    rows = []
     for i in range(n_patients):
         vols, mask, _ = synth_patient(spec, i, (1, 3)[i % 2])
-        rows.append(zcorr_profile(vols["CMP"], spec.spacing, exclude=mask > 0, **options))
-    return np.mean(rows, axis=0)
+        yield f"SYN{i:04d}", vols["CMP"], spec.spacing, mask > 0
+
+
+def profile_table(shared: str | Path, n_patients: int = 6, shape=(256, 256, 40), seed: int = 0) -> dict:
+    """{"real": {name: {fill_body: profile}}, "synthetic": {fill_body: mean profile over the patients}}:
+    each volume is read once and measured with both body definitions (CMP phase for the synthetic
+    patients, tumour excluded). ``real`` is empty when ``shared/data/realct`` is absent."""
+    def both(vol, spacing, exclude):
+        return {fill: zcorr_profile(vol, spacing, exclude=exclude, fill_body=fill) for fill in VARIANTS}
+
+    real = {name: both(v, sp, ex) for name, v, sp, ex in _real_volumes(shared)}
+    synthetic = [both(v, sp, ex) for _, v, sp, ex in _synthetic_volumes(n_patients, shape, seed)]
+    return {"real": real, "synthetic": {fill: np.mean([p[fill] for p in synthetic], axis=0) for fill in VARIANTS}}
 
 
 def main(argv=None) -> None:
@@ -82,16 +89,16 @@ def main(argv=None) -> None:
                     help="the shared folder holding data/realct (default: ../shared beside the repository)")
     ap.add_argument("--patients", type=int, default=6)
     args = ap.parse_args(argv)
+    table = profile_table(args.shared, args.patients)
     fmt = lambda p: "  ".join(f"{v:5.2f}" for v in p)  # noqa: E731
-    for fill in (False, True):
-        print(f"body = {'filled outline' if fill else 'voxels > -500 HU'}")
+    for fill, title in VARIANTS.items():
+        print(title)
         print(f"  {'dz (mm)':28s}" + "  ".join(f"{d:5.0f}" for d in DZ_MM))
-        real = real_profiles(args.shared, fill_body=fill)
-        for name, prof in real.items():
-            print(f"  {'real ' + name:28s}{fmt(prof)}")
-        if real:
-            print(f"  {'real mean':28s}{fmt(np.mean(list(real.values()), axis=0))}")
-        print(f"  {'synthetic (SYNTHETIC) mean':28s}{fmt(synthetic_profile(args.patients, fill_body=fill))}")
+        for name, prof in table["real"].items():
+            print(f"  {'real ' + name:28s}{fmt(prof[fill])}")
+        if table["real"]:
+            print(f"  {'real mean':28s}{fmt(np.mean([p[fill] for p in table['real'].values()], axis=0))}")
+        print(f"  {'synthetic (SYNTHETIC) mean':28s}{fmt(table['synthetic'][fill])}")
 
 
 if __name__ == "__main__":
