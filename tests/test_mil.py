@@ -22,10 +22,10 @@ def test_bags_gather_every_row_of_a_patient_and_pad_cyclically():
     assert both["label"].tolist() == [1, 0] and ds.rows.tolist() == [0, 1, 2, 3, 4]
 
 
-def test_the_mil_datamodule_has_one_bag_per_patient_from_the_weak_cache(tmp_path):
-    weak = compose_datamodule(["supervision=weak"], tmp_path)
+def test_the_mil_datamodule_has_one_bag_per_patient_from_the_weak_cache(data_root):
+    weak = compose_datamodule(["supervision=weak"], data_root)
     weak.prepare_data()
-    mil = compose_datamodule(["supervision=mil"], tmp_path)
+    mil = compose_datamodule(["supervision=mil"], data_root)
     mil.prepare_data()
     assert mil.stats == {"preprocessed": 0, "cached": 20}  # the weak model's preprocessing, read from its cache
     weak.setup("fit")

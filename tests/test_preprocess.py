@@ -297,12 +297,12 @@ def test_strong_fixed_field_of_view_keeps_the_tumour_size():
         roi_fov_mm({"roi_mode": "box"})
 
 
-def test_zscore_dataset_maps_every_patient_with_the_training_patients_statistics(tmp_path):
+def test_zscore_dataset_maps_every_patient_with_the_training_patients_statistics(data_root):
     """The job's training images come out with mean 0 and SD 1 overall (not each image); the statistics
     are those of the training patients' stored HU, and the datamodule saves them (checkpoint state)."""
     from tests.conftest import compose_datamodule
 
-    dm = compose_datamodule(["supervision=weak", "preprocess.intensity=zscore_dataset"], tmp_path)
+    dm = compose_datamodule(["supervision=weak", "preprocess.intensity=zscore_dataset"], data_root)
     dm.prepare_data()
     dm.setup("fit")
     fit = dm.datasets["fit"].tensors["image"].double()

@@ -31,8 +31,8 @@ def test_draws_are_fixed_by_seed_and_epoch_and_dealt_out_to_ranks():
     assert merged == list(a) and len(ranks[0]) == 15  # one shared draw, positions dealt out in turn
 
 
-def test_the_config_switch_gives_the_training_loader_the_balanced_sampler(tmp_path):
-    dm = compose_datamodule(["supervision=weak", "data.loader.balance_patients=true"], tmp_path)
+def test_the_config_switch_gives_the_training_loader_the_balanced_sampler(data_root):
+    dm = compose_datamodule(["supervision=weak", "data.loader.balance_patients=true"], data_root)
     dm.prepare_data()
     dm.setup("fit")
     sampler = dm.train_dataloader().sampler
