@@ -15,14 +15,14 @@ def augment_cfg(tmp_path):
     return dict(compose_cfg(["supervision=weak"], tmp_path / "job", tmp_path).data.augment)
 
 
-def test_augmentation_is_on_in_the_weak_recipe_and_an_option_for_strong(tmp_path, augment_cfg):
+def test_augmentation_is_on_by_default_for_both_supervisions(tmp_path, augment_cfg):
     assert augment_cfg["enabled"] is True and [0, 30, 60, 90, 180] == list(augment_cfg["angles_deg"])
-    assert compose_cfg(["supervision=strong"], tmp_path / "job", tmp_path).data.augment.enabled is False
+    assert compose_cfg(["supervision=strong"], tmp_path / "job", tmp_path).data.augment.enabled is True
     on = compose_datamodule(["supervision=weak"], tmp_path / "on")
     assert on.augment is not None and on.augment.size == (32, 32)  # the weak smoke slices
     off = compose_datamodule(["supervision=weak", "data.augment.enabled=false"], tmp_path / "off")
     assert off.augment is None
-    strong = compose_datamodule(["supervision=strong", "data.augment.enabled=true"], tmp_path / "strong")
+    strong = compose_datamodule(["supervision=strong"], tmp_path / "strong")
     assert strong.augment is not None and strong.augment.size == (16, 16, 16)  # the strong smoke ROIs
 
 
