@@ -123,10 +123,14 @@ def _n_section(sweep: Sweep) -> str:
 ORACLE_LABEL = "oracle (planted signal)"
 
 
-def _oracle_rows(ot: pd.DataFrame, columns, name_col: str, auc_col: str, by_split: bool = False) -> pd.DataFrame:
-    """Rows of the oracle's AUC for a Table 2/3 view: per phase (train / test), or per phase and split."""
+def _oracle_rows(ot: pd.DataFrame, columns, name_col: str, auc_col: str, by_split: bool = False,
+                 phases=None) -> pd.DataFrame:
+    """Rows of the oracle's AUC for a Table 2/3 view (the ``phases`` it shows): per phase (train / test), or
+    per phase and split."""
     rows = []
     for phase, g in ot.groupby("phase", sort=False):
+        if phases is not None and phase not in set(phases):
+            continue
         cells = {r.split: fmt_auc(r.oracle_auc, r.oracle_auc_low, r.oracle_auc_high) for r in g.itertuples()}
         row = {c: "" for c in columns}
         if by_split:
@@ -174,7 +178,8 @@ def _patient_table(t2: pd.DataFrame, ot: pd.DataFrame | None, empty: str) -> str
     )
     if ot is not None and len(ot):
         v["Test AUC / oracle"] = [fmt(x) for x in t2["test_auc_of_oracle"]]
-        v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "AUC (95% CI) training / testing")], ignore_index=True)
+        v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "AUC (95% CI) training / testing",
+                                       phases=t2["phase"])], ignore_index=True)
     return (_md_table(v, list(v.columns)) + "\n"
             "Accuracy, sensitivity, specificity are training / testing at threshold 0.5 "
             "(CIs in the table's CSV). AUC CI: DeLong.\n\n")
@@ -241,8 +246,8 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
             ]
         if ot is not None and len(ot):
             v["Patient AUC / oracle"] = [fmt(x) for x in t3["patient_auc_of_oracle"]]
-            v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "Patient AUC (95% CI)", by_split=True)],
-                          ignore_index=True)
+            v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "Patient AUC (95% CI)", by_split=True,
+                                           phases=t3["phase"])], ignore_index=True)
         md.append(_md_table(v, list(v.columns)) + "\n")
         md.append(
             "Slice-level CIs treat slices as independent (as the paper's single-slice analysis); they are "
