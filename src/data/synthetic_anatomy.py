@@ -119,8 +119,6 @@ def anatomy(xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, rng: np.random.Gener
     wall = body & ~subcut & (depth < fat_mm + rng.uniform(7, 13))
     inner = body & ~subcut & ~wall
 
-    labels = {}  # tissue name -> boolean mask, painted in order (later ones win)
-    labels["muscle"] = wall
     # spine: vertebral bodies and discs along z
     sx, sy0 = rng.normal(0, 3), -b0 + rng.uniform(38, 50)
     sy = sy0 + 2.0 * prof(60.0)
@@ -135,7 +133,7 @@ def anatomy(xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, rng: np.random.Gener
     psoas_r = 6 + 0.12 * (zs.max() - Z) + 1.5 * prof(30.0)
     psoas = ((((np.abs(X - sx) - vb_r - 0.8 * psoas_r) / psoas_r) ** 2
               + ((Y - sy - 4) / (0.8 * psoas_r)) ** 2) < 1) & inner
-    labels["muscle"] = labels["muscle"] | paraspinal | psoas
+    muscle = wall | paraspinal | psoas
 
     # bowel loops with gas, in the visceral cavity in front of the spine
     bowel_field = smooth_field((xs, ys, zs), (14.0, 14.0, 12.0), rng)
@@ -185,7 +183,7 @@ def anatomy(xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, rng: np.random.Gener
         v = np.full(shape, AIR_HU, dtype=np.float32)
         v[body] = hu("fat")
         v[inner] = hu("fat") + 25.0 * strands[inner]  # visceral fat with strands
-        v[labels["muscle"]] = hu("muscle")
+        v[muscle] = hu("muscle")
         v[bowel] = hu("bowel_content")
         v[bowel_wall] = hu("bowel_wall")
         v[gas] = GAS_HU
