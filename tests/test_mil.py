@@ -35,7 +35,8 @@ def test_the_mil_datamodule_has_one_bag_per_patient_from_the_weak_cache(data_roo
         assert len(bags) == len(set(slices.meta["patient"].tolist()))
         assert sum(len(b) for b in bags.bags) == len(slices)
     batch = next(iter(mil.train_dataloader()))
-    assert batch["image"].ndim == 5 and batch["image"].shape[0] == 1  # (1 bag, N slices, 1, H, W)
+    assert batch["image"].ndim == 5 and batch["image"].shape[0] == 8  # (bags_per_batch bags, N slices, 1, H, W)
+    assert next(iter(mil.test_dataloader()[1]))["image"].shape[0] == min(8, len(mil.datasets["test"]))
 
 
 def test_mil_model_is_invariant_to_slice_order_and_counts_every_slice():
