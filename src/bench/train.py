@@ -113,8 +113,8 @@ def memory_format(cfg, net):
 
 
 def bare_run(cfg, dm, device, warmup: int, steps: int, losses: list | None = None) -> tuple[float, float]:
-    """The same measurement with a plain PyTorch loop: same net, optimiser and schedule, loader, batch size,
-    threads, precision, memory format (and ``torch.compile`` when ``callbacks.speed.compile``).
+    """The same measurement with a plain PyTorch loop: same net, optimiser and schedule, loader, augmentation,
+    batch size, threads, precision, memory format (and ``torch.compile`` when ``callbacks.speed.compile``).
     ``losses``: a list that receives every step's loss (a host sync per step: for checks, not timing)."""
     import lightning as L
     import torch
@@ -147,6 +147,8 @@ def bare_run(cfg, dm, device, warmup: int, steps: int, losses: list | None = Non
             loader.sampler.set_epoch(epoch)
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if dm.augment is not None:  # the training augmentation, drawn as the datamodule draws it (by step)
+                batch["image"] = dm.augment(batch["image"], step=len(stamps), rank=0)
             x = batch["image"].float()
             if fmt is not None:
                 x = x.contiguous(memory_format=fmt)
