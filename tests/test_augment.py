@@ -30,7 +30,7 @@ def test_same_step_same_draw_other_step_other_draw(augment_cfg):
     aug = BatchAugmentation(augment_cfg, (32, 32), seed=0)
     x = torch.randn(6, 1, 32, 32).half()
     a, b, c = aug(x, step=3), aug(x, step=3), aug(x, step=4)
-    assert a.shape == x.shape and a.dtype == x.dtype
+    assert a.shape == x.shape and a.dtype == x.dtype and type(a) is torch.Tensor  # not a MONAI MetaTensor
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.equal(aug(x, step=3, rank=1), a)  # DDP ranks draw differently
     assert not torch.equal(BatchAugmentation(augment_cfg, (32, 32), seed=1)(x, step=3), a)

@@ -39,3 +39,16 @@ def test_the_config_switch_gives_the_training_loader_the_balanced_sampler(data_r
     assert isinstance(sampler, PatientBalancedSampler)
     assert len(sampler) == len(dm.datasets["fit"])
     assert not isinstance(dm.val_dataloader().sampler, PatientBalancedSampler)  # evaluation: every slice once
+
+
+def test_a_last_training_batch_of_one_sample_is_dropped(data_root):
+    """BatchNorm cannot train on one sample: a final batch of one is dropped; evaluation keeps every sample."""
+    dm = compose_datamodule(["supervision=weak"], data_root)
+    dm.prepare_data()
+    dm.setup("fit")
+    n = len(dm.datasets["fit"])
+    dm.batch_size = n - 1  # n - 1 samples, then one
+    assert [len(b["label"]) for b in dm.train_dataloader()] == [n - 1]
+    dm.batch_size = n - 2  # n - 2, then two: kept
+    assert [len(b["label"]) for b in dm.train_dataloader()] == [n - 2, 2]
+    assert sum(len(b["label"]) for b in dm.val_dataloader()) == len(dm.datasets["val"])

@@ -67,4 +67,6 @@ class BatchAugmentation:
         self.transform.set_random_state(seed=(self.seed * 1_000_003 + rank * 7_919 + int(step)) % 2**32)
         x = images.float()
         out = [self.transform({"image": x[i]})["image"] for i in range(len(x))]
-        return torch.stack([torch.as_tensor(o) for o in out]).to(images.dtype)
+        # plain tensors: a MONAI MetaTensor would carry its metadata through every operation of the network
+        return torch.stack([o.as_tensor() if hasattr(o, "as_tensor") else torch.as_tensor(o)
+                            for o in out]).to(images.dtype)

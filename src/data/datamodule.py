@@ -203,8 +203,10 @@ class GradeDataModule(L.LightningDataModule):
             batch = int(self.loader_cfg["bags_per_batch"])
         else:
             batch = self.batch_size if train else int(self.loader_cfg["eval_batch_size"])
+        # a last training batch of one sample is dropped: BatchNorm cannot normalise a single sample
+        drop_last = train and len(sampler) % batch == 1
         return DataLoader(ds, batch_size=batch, shuffle=False, sampler=sampler, num_workers=workers,
-                          collate_fn=collated, pin_memory=pin, persistent_workers=workers > 0)
+                          collate_fn=collated, pin_memory=pin, persistent_workers=workers > 0, drop_last=drop_last)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Training batches only, on the training device: random augmentation (``data.augment``)."""
