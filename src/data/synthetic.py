@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data.io import write_image
-from src.data.manifest import PHASES  # the generator writes every one of the paper's phases
+from src.data.manifest import PHASES, grade_label  # the generator writes every one of the paper's phases
 from src.data.synthetic_anatomy import anatomy, smooth_field
 from src.data.synthetic_grade import NECROSIS_HU, TEXTURE_BASE_HU, TEXTURE_HU, TUMOUR_HU, draw_features, oracle_llr
 
@@ -81,7 +81,7 @@ def _axis(n: int, step: float) -> np.ndarray:
 def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np.ndarray, dict]:
     """One patient: ({phase: HU volume (x, y, z) int16}, tumour mask uint8, manifest columns)."""
     rng = np.random.default_rng([spec.seed, index])
-    high = grade >= 3
+    high = bool(grade_label(grade))
     sp = np.asarray(spec.spacing)
     xs, ys, zs = (_axis(n, d) for n, d in zip(spec.shape, sp))
     vols, kidneys = anatomy(xs, ys, zs, rng)

@@ -18,6 +18,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from src.data.manifest import grade_label
 from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, SUPERVISIONS, Sweep
 from src.stats import (
     auc_ci,
@@ -131,9 +132,14 @@ def oracle_perf(manifest: pd.DataFrame | None, phase: str, split: str) -> dict |
     keep = llr.notna() & grade.notna()
     if not keep.any():
         return None
-    y = (grade[keep] >= 3).astype(int).to_numpy()
+    y = np.array([grade_label(g) for g in grade[keep]])
     auc, lo, hi = _safe_auc(y, llr[keep].to_numpy())
     return {"auc": auc, "auc_low": lo, "auc_high": hi, "n": int(keep.sum())}
+
+
+def of_oracle(auc: float, oracle: dict | None) -> float:
+    """A model's AUC as a fraction of the oracle's (:func:`oracle_perf`); NaN without a usable oracle."""
+    return auc / oracle["auc"] if oracle is not None and oracle["auc"] > 0 else NAN
 
 
 def oracle_table(sweep: Sweep) -> pd.DataFrame:
@@ -154,7 +160,7 @@ def oracle_table(sweep: Sweep) -> pd.DataFrame:
                 job = sweep.models.get((phase, sup))
                 auc = _perf(job.patients.get(split), "")["auc"] if job is not None else NAN
                 row[f"{sup}_auc"] = auc
-                row[f"{sup}_auc_of_oracle"] = auc / o["auc"] if o["auc"] == o["auc"] and o["auc"] > 0 else NAN
+                row[f"{sup}_auc_of_oracle"] = of_oracle(auc, o)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -176,8 +182,7 @@ def table2_strong(sweep: Sweep, reference_phase: str = "CMP", supervision: str =
             d = {"p": NAN, "z": NAN, "n": 0, "note": f"no {reference_phase} model"}
         else:
             d = _delong_pair(job.patients.get("test"), ref.patients.get("test"))
-        o = oracle_perf(sweep.manifest, phase, "test")
-        row["test_auc_of_oracle"] = row["test_auc"] / o["auc"] if o and o["auc"] > 0 else NAN
+        row["test_auc_of_oracle"] = of_oracle(row["test_auc"], oracle_perf(sweep.manifest, phase, "test"))
         row[f"delong_z_vs_{reference_phase}_test"] = d["z"]
         row[f"delong_p_vs_{reference_phase}_test"] = d["p"]
         row["AUC (95% CI) training / testing"] = (
@@ -206,8 +211,7 @@ def table3_weak(sweep: Sweep) -> pd.DataFrame:
             row["n_patients_with_slices"] = job.slices[split]["patient_id"].nunique() if split in job.slices else 0
             row["Slice AUC (95% CI)"] = fmt_auc(sl["slice_auc"], sl["slice_auc_low"], sl["slice_auc_high"])
             row["Patient AUC (95% CI)"] = fmt_auc(pt["patient_auc"], pt["patient_auc_low"], pt["patient_auc_high"])
-            o = oracle_perf(sweep.manifest, phase, split)
-            row["patient_auc_of_oracle"] = pt["patient_auc"] / o["auc"] if o and o["auc"] > 0 else NAN
+            row["patient_auc_of_oracle"] = of_oracle(pt["patient_auc"], oracle_perf(sweep.manifest, phase, split))
             # Grad-CAM: heat-map localisation from metrics.json (testing set only)
             from src.reporting.gradcam import cam_metrics
 
