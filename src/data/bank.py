@@ -49,16 +49,20 @@ class RowBank:
     def nbytes(self) -> int:
         return int(sum(p.nbytes for p in self.parts))
 
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+    def stored(self, rows: torch.Tensor) -> torch.Tensor:
+        """The rows as stored (no normalisation)."""
         if self.tensor is not None:
-            out = self.tensor[rows.to(self.tensor.device)]
-        else:
-            r = rows.cpu().numpy()
-            case = np.searchsorted(self.offsets, r, side="right") - 1
-            arr = np.empty((len(r), *self.parts[0].shape[1:]), dtype=self.parts[0].dtype)
-            for j, (c, k) in enumerate(zip(case, r - self.offsets[case])):
-                arr[j] = self.parts[c][k]
-            out = torch.from_numpy(arr)
+            return self.tensor[rows.to(self.tensor.device)]
+        r = rows.cpu().numpy()
+        case = np.searchsorted(self.offsets, r, side="right") - 1
+        out = np.empty((len(r), *self.parts[0].shape[1:]), dtype=self.parts[0].dtype)
+        for j, (c, k) in enumerate(zip(case, r - self.offsets[case])):
+            out[j] = self.parts[c][k]
+        return torch.from_numpy(out)
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """The rows as the network sees them: stored, or ``(x - mean) / sd`` after :meth:`normalise`."""
+        out = self.stored(rows)
         if self.normalisation is not None:
             mean, sd = self.normalisation
             out = (out.float() - mean) / sd
@@ -68,13 +72,9 @@ class RowBank:
         """(mean, SD) over every voxel of ``rows`` (the stored values), accumulated in float64."""
         total = total_sq = 0.0
         count = 0
-        saved, self.normalisation = self.normalisation, None
-        try:
-            for i in range(0, len(rows), chunk):
-                x = self.gather(rows[i:i + chunk]).double()
-                total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
-        finally:
-            self.normalisation = saved
+        for i in range(0, len(rows), chunk):
+            x = self.stored(rows[i:i + chunk]).double()
+            total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
         mean = total / max(count, 1)
         return mean, max(total_sq / max(count, 1) - mean * mean, 0.0) ** 0.5
 
@@ -84,7 +84,21 @@ class RowBank:
         return self
 
 
-class BankDataset(Dataset):
+class _BatchedDataset(Dataset):
+    """A dataset whose ``batch(idx)`` returns a collated batch: ``__getitems__`` is one batch (use
+    ``collate_fn=collated``), ``__getitem__`` one sample."""
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.batch(torch.tensor([int(i)])).items()}
+
+    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
+        return self.batch(torch.as_tensor(indices, dtype=torch.long))
+
+
+class BankDataset(_BatchedDataset):
     """Samples ``{image, label, patient, slice}`` whose images are rows of a shared :class:`RowBank`.
 
     The fit/val/train/test sets of a cohort share one bank (no image is held twice). ``__getitems__``
@@ -110,12 +124,6 @@ class BankDataset(Dataset):
             idx = idx.to(self.rows.device)
         return {"image": self.bank.gather(self.rows[idx])[:, None], **{k: v[idx] for k, v in self.meta.items()}}
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.batch(torch.tensor([int(i)])).items()}
-
-    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
-        return self.batch(torch.as_tensor(indices, dtype=torch.long))
-
     def to(self, device: torch.device | str) -> BankDataset:
         self.rows = self.rows.to(device)
         self.meta = {k: v.to(device) for k, v in self.meta.items()}
@@ -127,12 +135,12 @@ class BankDataset(Dataset):
         return self.batch(torch.arange(len(self)))
 
 
-class BagDataset(Dataset):
+class BagDataset(_BatchedDataset):
     """One sample per patient: every one of its rows of a shared :class:`RowBank` as one bag (``supervision=mil``).
 
     A batch is ``{image: (B, N, 1, *spatial), label, patient, slice}`` with ``slice`` = -1 (one prediction per
-    patient). Bags of a batch with fewer rows than the largest repeat their rows cyclically up to N (with
-    one bag per batch, the default of ``conf/supervision/mil.yaml``, every bag is exactly its rows).
+    patient). Bags of a batch with fewer rows than the largest repeat their rows cyclically up to N
+    (``data.loader.bags_per_batch`` bags per batch; with one, every bag is exactly its rows).
     """
 
     def __init__(self, bank: RowBank, bags: list[torch.Tensor], label: torch.Tensor, patient: torch.Tensor):
@@ -153,12 +161,6 @@ class BagDataset(Dataset):
         images = images.reshape(len(bags), n, 1, *images.shape[1:])
         device = images.device
         return {"image": images, **{k: v.to(device)[idx.to(device)] for k, v in self.meta.items()}}
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.batch(torch.tensor([int(i)])).items()}
-
-    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
-        return self.batch(torch.as_tensor(indices, dtype=torch.long))
 
     def to(self, device: torch.device | str) -> BagDataset:
         self.meta = {k: v.to(device) for k, v in self.meta.items()}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.bank import BankDataset, build_datasets, collated
+from src.data.bank import BagDataset, BankDataset, build_datasets, collated
 from src.data.cache import PreprocessCache
 from src.data.manifest import PHASES, PREPROCESSING, cases_for_phase, given_splits, read_manifest
 from src.data.preprocess import check_supervision
@@ -60,7 +60,7 @@ class GradeDataModule(L.LightningDataModule):
         self.stats = {"preprocessed": 0, "cached": 0}
         self.patient_ids: list[str] = []
         self.splits: dict[str, str] = {}
-        self.datasets: dict[str, BankDataset] = {}
+        self.datasets: dict[str, BankDataset | BagDataset] = {}
         self.slice_masks: dict[tuple[int, int], np.ndarray] = {}
         self.bank = None
         self.intensity_stats: dict | None = None  # preprocess.intensity=zscore_dataset: training-set mean, SD
