@@ -28,21 +28,35 @@ def zcorr_profile(volume: np.ndarray, spacing, dz_mm=DZ_MM, sigma_mm: float = 3.
     left out (the tumour). Slice pairs are taken at a stride of half the separation. A separation with
     no usable pair gives NaN.
     """
+    return zcorr_profiles(volume, spacing, (fill_body,), dz_mm, sigma_mm, body_hu, exclude, min_voxels)[fill_body]
+
+
+def zcorr_profiles(volume: np.ndarray, spacing, fills=(False, True), dz_mm=DZ_MM, sigma_mm: float = 3.0,
+                   body_hu: float = -500.0, exclude: np.ndarray | None = None,
+                   min_voxels: int = 100) -> dict[bool, np.ndarray]:
+    """:func:`zcorr_profile` for each body definition in ``fills`` ({fill_body: profile}), blurring once."""
     from scipy import ndimage as ndi
 
     vol = np.asarray(volume, dtype=np.float32)
     sp = [float(s) for s in spacing]
-    body = vol > body_hu
-    if fill_body:
-        body = np.stack([ndi.binary_fill_holes(body[..., z]) for z in range(body.shape[2])], axis=-1)
-    if exclude is not None:
-        body &= ~np.asarray(exclude, bool)
     blurred = ndi.gaussian_filter(vol, (sigma_mm / sp[0], sigma_mm / sp[1], 0.0))
+    out = {}
+    for fill in fills:
+        body = vol > body_hu
+        if fill:
+            body = np.stack([ndi.binary_fill_holes(body[..., z]) for z in range(body.shape[2])], axis=-1)
+        if exclude is not None:
+            body &= ~np.asarray(exclude, bool)
+        out[fill] = _profile(blurred, body, sp[2], dz_mm, min_voxels)
+    return out
+
+
+def _profile(blurred: np.ndarray, body: np.ndarray, dz_voxel_mm: float, dz_mm, min_voxels: int) -> np.ndarray:
     out = []
     for dz in dz_mm:
-        k = max(1, int(round(dz / sp[2])))
+        k = max(1, int(round(dz / dz_voxel_mm)))
         rs = []
-        for z in range(0, vol.shape[2] - k, max(1, k // 2)):
+        for z in range(0, blurred.shape[2] - k, max(1, k // 2)):
             m = body[..., z] & body[..., z + k]
             if m.sum() < min_voxels:
                 continue
@@ -75,11 +89,9 @@ def profile_table(shared: str | Path, n_patients: int = 6, shape=(256, 256, 40),
     """{"real": {name: {fill_body: profile}}, "synthetic": {fill_body: mean profile over the patients}}:
     each volume is read once and measured with both body definitions (CMP phase for the synthetic
     patients, tumour excluded). ``real`` is empty when ``shared/data/realct`` is absent."""
-    def both(vol, spacing, exclude):
-        return {fill: zcorr_profile(vol, spacing, exclude=exclude, fill_body=fill) for fill in VARIANTS}
-
-    real = {name: both(v, sp, ex) for name, v, sp, ex in _real_volumes(shared)}
-    synthetic = [both(v, sp, ex) for _, v, sp, ex in _synthetic_volumes(n_patients, shape, seed)]
+    real = {name: zcorr_profiles(v, sp, tuple(VARIANTS), exclude=ex) for name, v, sp, ex in _real_volumes(shared)}
+    synthetic = [zcorr_profiles(v, sp, tuple(VARIANTS), exclude=ex)
+                 for _, v, sp, ex in _synthetic_volumes(n_patients, shape, seed)]
     return {"real": real, "synthetic": {fill: np.mean([p[fill] for p in synthetic], axis=0) for fill in VARIANTS}}
 
 
