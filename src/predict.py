@@ -152,26 +152,27 @@ def normalise_input(settings: dict, ckpt: Path, arrays: dict) -> dict:
     return {**arrays, key: x}
 
 
+def _decision(logits, threshold: float) -> dict:
+    """The patient's P(high), decision and threshold from the network's (1, 2) logits."""
+    from src.stats import decide
+
+    prob = float(logits.float().softmax(-1)[0, 1])
+    return {"prob_high": prob, "pred": int(decide(prob, threshold)), "threshold": threshold}
+
+
 def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> dict:
     """Patient-level result from preprocessed arrays."""
     import numpy as np
     import torch
 
-    from src.stats import decide
-
     with torch.no_grad():
         if settings["supervision"] == "strong":
             angles = [float(a) for a in arrays["angles"]]
             x = torch.from_numpy(np.asarray(arrays["rois"][angles.index(0.0)], dtype=np.float32))[None, None]
-            prob = float(net(x).float().softmax(-1)[0, 1])
-            thr = settings["threshold"]
-            return {"prob_high": prob, "pred": int(decide(prob, thr)), "threshold": thr,
-                    "input": x[0]}
+            return {**_decision(net(x), settings["threshold"]), "input": x[0]}
         if settings["supervision"] == "mil":  # every lesion slice as one bag: one prediction for the patient
             bag = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))[None, :, None]
-            prob = float(net(bag).float().softmax(-1)[0, 1])
-            thr = settings["threshold"]
-            return {"prob_high": prob, "pred": int(decide(prob, thr)), "threshold": thr,
+            return {**_decision(net(bag), settings["threshold"]),
                     "slices": [{"slice_index": int(k)} for k in np.asarray(arrays["slice_index"])]}
         from src.callbacks.aggregation import aggregate_patient
 
