@@ -53,29 +53,24 @@ def load_net(cfg: DictConfig, ckpt_path: str | Path):
 
 
 def hu_slices(dm, patient: int) -> dict:
-    """{slice_index: (H, W) HU slice} of one patient: the weak preprocessing without the z-score."""
+    """{slice_index: (H, W) HU slice} of one patient: the job's weak preprocessing (field of view and
+    size included) without the intensity transform, so the slice lies exactly under the heat map."""
     import numpy as np
-    from monai.transforms import Compose, Orientationd, Resized
+    from monai.transforms import Identityd
 
-    from src.data.io import read_image, to_metatensor
+    from src.data.io import read_image
     from src.data.manifest import cases_for_phase
-    from src.data.preprocess import KEYS, RAS_LABELS, BinarizeMaskd, LesionSlicesd
+    from src.data.preprocess import KEYS, preprocess_weak
 
     case = cases_for_phase(dm.manifest_path(), dm.phase)[patient]
-    image = to_metatensor(read_image(case.image, case.patient_id))
-    mask = to_metatensor(read_image(case.mask, case.patient_id), dtype=np.float32)
-    size = tuple(dm.pp["slice_size"])
-    d = Compose([
-        BinarizeMaskd("mask", label=dm.tumour_label),
-        Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
-        LesionSlicesd(keys=KEYS, min_voxels=dm.pp["min_tumour_voxels"]),
-        Resized(keys=KEYS, spatial_size=size, mode=("bilinear", "nearest"), anti_aliasing=(True, False)),
-    ])({"image": image, "mask": mask})
-    img = np.asarray(d["image"], dtype=np.float32)
-    return {int(z): img[i] for i, z in enumerate(d["slice_index"])}
+    out = preprocess_weak(read_image(case.image, case.patient_id), read_image(case.mask, case.patient_id),
+                          size=tuple(dm.pp["slice_size"]), tumour_label=dm.tumour_label,
+                          min_voxels=dm.pp["min_tumour_voxels"], fov_mm=dm.pp.get("weak_fov_mm"),
+                          intensity=Identityd(keys=KEYS))
+    return {int(z): np.asarray(img, dtype=np.float32) for z, img in zip(out["slice_index"], out["slices"])}
 
 
-def score(dm, net, gc, out_dir: Path, class_index, window_z) -> list[Path]:
+def score(dm, net, gc, out_dir: Path, class_index, window_z, target_layer) -> list[Path]:
     """The callback's test pass on a checkpoint: figures for ``n_patients`` test patients and, weak,
     the localisation score over the test set (``out_dir/test_scores.csv``); prints the metrics."""
     import json
@@ -84,7 +79,7 @@ def score(dm, net, gc, out_dir: Path, class_index, window_z) -> list[Path]:
 
     kw = OmegaConf.to_container(gc, resolve=True) if isinstance(gc, DictConfig) else dict(gc)
     kw = {k: v for k, v in kw.items() if not k.startswith("_")}
-    kw.update(output_dir=str(out_dir), class_index=class_index, window_z=list(window_z))
+    kw.update(output_dir=str(out_dir), class_index=class_index, window_z=list(window_z), target_layer=target_layer)
     metrics, paths = GradCamCallback(**kw).compute(dm, net, "test", "test", score_all=True)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return paths
@@ -105,14 +100,14 @@ def explain(opts: DictConfig) -> list[Path]:
     gc = cfg.get("callbacks", {}).get("gradcam") or {}
     class_index = opts.class_index if opts.class_index is not None else gc.get("class_index")
     window_z = tuple(opts.window_z if opts.window_z is not None else gc.get("window_z", (-2.0, 2.0)))
-    target_layer = gc.get("target_layer", "layer4")
+    target_layer = opts.target_layer or gc.get("target_layer", "layer4")
     out_dir = Path(opts.out_dir) if opts.out_dir else job / "gradcam" / "explain"
 
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("test")
     if opts.score:
-        return score(dm, net, gc, out_dir, class_index, window_z)
+        return score(dm, net, gc, out_dir, class_index, window_z, target_layer)
     pid = opts.patient_id
     if pid is None:
         test = dm.datasets["test"].tensors["patient"]

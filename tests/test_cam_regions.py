@@ -73,7 +73,7 @@ def test_a_weak_job_with_cam_regions_links_by_them_in_validation_and_test(cfg_fa
     cfg = cfg_factory("supervision=weak", "phase=CMP", "callbacks.predictions.aggregation.regions=cam")
     metrics = train(cfg)
     # every validation epoch (2) and the three test sets, with the model's layer and the configured threshold
-    assert len(calls) == 2 + 3 and {c[1:] for c in calls} == {("layer4", 0.5)}
+    assert len(calls) == 2 + 3 and {c[1:] for c in calls} == {("auto", 0.5)}
     test = pd.read_csv(tmp_path / "job" / "predictions" / "test.csv")
     assert len(test) == 6 and test.prob_high.between(0, 1).all()
     assert 0.0 <= metrics["test_auc"] <= 1.0 and "val_auc" in metrics

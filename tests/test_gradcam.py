@@ -18,6 +18,7 @@ from src.callbacks.gradcam import (
     minmax,
     pick_patients,
     pointing_hit,
+    resolve_layer,
     spread,
 )
 
@@ -72,6 +73,24 @@ def test_heat_map_shape_equals_input_shape(spatial_dims, shape):
     assert cams.shape == (2, *shape)
     assert probs.shape == (2, 2)
     assert cams.min() >= 0.0 and cams.max() <= 1.0
+
+
+@pytest.mark.parametrize("size,layer", [(128, "layer4"), (64, "layer3"), (32, "layer2"), (8, "layer1")])
+def test_auto_layer_is_the_deepest_stage_with_an_8x8_map(size, layer):
+    # this net's stages are 1/2, 1/4, 1/8, 1/16 of the input (stride-1 stem + max-pool); 8^2 input: none
+    # reaches 8 x 8, the shallowest stage is taken
+    net = _small_resnet(2)
+    x = torch.randn(1, 1, size, size)
+    assert resolve_layer(net, x, "auto") == layer
+    assert resolve_layer(net, x, "layer4") == "layer4"  # a named layer is kept
+    assert not net.layer4._forward_hooks and net.training  # the probe leaves no hook and the mode as it was
+    cams, _ = grad_cam(net, x, class_index=1, target_layer="auto")
+    assert cams.shape == (1, size, size)
+
+
+def test_auto_layer_needs_resnet_stages():
+    with pytest.raises(ValueError, match="model.cam_layer"):
+        resolve_layer(SquareNet().eval().pool, torch.randn(1, 1, 8, 8), "auto")
 
 
 def test_heat_map_maximum_inside_the_bright_square():
@@ -215,6 +234,37 @@ def test_explain_command(weak_job, capsys):
     assert 0.0 <= scored["test_cam_in_tumour"] <= 1.0 and (job / "scored" / "test_scores.csv").is_file()
     assert main([f"ckpt_path={ckpt}", "patient_id=NOPE"]) == 2
     assert main(["patient_id=SYN0000"]) == 2
+
+
+def test_explain_hu_slices_lie_under_the_network_input(weak_job):
+    # the HU slice drawn under the heat map is the network's input before its intensity mapping (same
+    # field of view and size): windowed, it matches the cached input (the cache windows before resizing,
+    # so pixels next to air differ a little); shifted by a few pixels it does not
+    from hydra.utils import instantiate
+
+    from src.data.preprocess import intensity_transform
+    from src.explain import hu_slices, job_config
+
+    job, _ = weak_job
+    _, cfg = job_config(job / "checkpoints" / "last.ckpt")
+    assert cfg.preprocess.weak_fov_mm and cfg.preprocess.intensity == "window"
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("test")
+    t = dm.datasets["test"].tensors
+    p = int(t["patient"][0])
+    rows = torch.nonzero(t["patient"] == p).flatten()
+    hu = hu_slices(dm, p)
+    assert sorted(hu) == sorted(int(z) for z in t["slice"][rows])
+    window = intensity_transform("window", cfg.preprocess.window_hu)
+    for r in rows.tolist():
+        shown = window({"image": torch.as_tensor(hu[int(t["slice"][r])])[None]})["image"][0]
+        net_input = t["image"][r, 0].float()
+        a, b = np.asarray(shown), net_input.numpy()
+        assert a.shape == b.shape
+        inside = (np.abs(a) < 0.9) & (np.abs(b) < 0.9)
+        assert np.abs(a - b)[inside].mean() < 0.05
+        assert np.abs(np.roll(a, 4, axis=0) - b)[inside].mean() > 2 * np.abs(a - b)[inside].mean()
 
 
 def test_report_has_cam_column_and_figure6_panel(tmp_path):

@@ -1,7 +1,9 @@
 """Grad-CAM heat maps (paper Figure 6) for both models, and a localisation score for the weak model.
 
 What is computed
-    MONAI's ``monai.visualize.GradCAM`` on the last residual stage (``layer4``) of the network, one
+    MONAI's ``monai.visualize.GradCAM`` on the layer the model config names (``model.cam_layer``:
+    ``layer4``, the last residual stage, for the 3D net; ``auto`` for the 2D net, the deepest stage
+    whose map is at least 8 x 8, which is ``layer4`` at the paper's 256^2 slices), one
     sample at a time with an explicit class index (MONAI's batched class selection is wrong), for
     the predicted class unless ``class_index`` is set. MONAI's default post-processing *inverts*
     the map (min -> 1, max -> 0); we pass :func:`minmax` instead ((x - min) / (max - min), so the
@@ -42,6 +44,8 @@ from src.callbacks.predictions import TestMetricsContributor
 log = logging.getLogger(__name__)
 
 TARGET_LAYER = "layer4"  # on the net; "net.layer4" on the LightningModule
+AUTO = "auto"
+STAGES = ("layer4", "layer3", "layer2", "layer1")  # ResNet residual stages, deepest first
 CAM_KEYS = ("cam_in_tumour", "cam_pointing", "cam_chance")
 
 
@@ -68,18 +72,45 @@ def explainable_copy(net: nn.Module) -> nn.Module:
     return twin
 
 
+def resolve_layer(net: nn.Module, example: torch.Tensor, target_layer: str, min_cells: int = 8) -> str:
+    """``target_layer`` itself, or for ``"auto"`` the deepest ResNet stage (``layer4`` ... ``layer1``)
+    whose feature map for an input shaped like ``example`` (1, C, *spatial) has at least ``min_cells``
+    cells along every axis. Grad-CAM's resolution is that map's: at the paper's 256^2 slices ``layer4``
+    is 8 x 8, at 128^2 it is 4 x 4 and ``layer3`` is the 8 x 8 one."""
+    if target_layer != AUTO:
+        return target_layer
+    stages = [name for name in STAGES if isinstance(getattr(net, name, None), nn.Module)]
+    if not stages:
+        raise ValueError(f"target_layer={AUTO!r} needs a network with ResNet stages {STAGES}; "
+                         f"{type(net).__name__} has none: name its layer (model.cam_layer)")
+    sizes: dict[str, tuple[int, ...]] = {}
+    hooks = [getattr(net, name).register_forward_hook(
+        lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[2:]))) for name in stages]
+    training = net.training
+    try:
+        with torch.no_grad():  # in eval mode: the probe never updates BatchNorm statistics
+            net.eval()(example[:1].detach().float().to(next(net.parameters()).device))
+    finally:
+        net.train(training)
+        for h in hooks:
+            h.remove()
+    return next((name for name in stages if min(sizes[name]) >= min_cells), stages[-1])
+
+
 def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[int] | None = None,
              target_layer: str = TARGET_LAYER, copy_net: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of ``images`` (N, C, *spatial) -> (maps (N, *spatial) in [0, 1], probabilities (N, K)).
 
-    One sample at a time; ``class_index`` None = each sample's predicted class. ``copy_net=False``
-    runs on ``net`` itself (MONAI then leaves hooks on it: only for throw-away networks).
+    One sample at a time; ``class_index`` None = each sample's predicted class. ``target_layer``
+    ``"auto"``: see :func:`resolve_layer`. ``copy_net=False`` runs on ``net`` itself (MONAI then
+    leaves hooks on it: only for throw-away networks).
     """
     from monai.visualize import GradCAM
 
     with torch.inference_mode(False), torch.enable_grad():
         model = explainable_copy(net) if copy_net else net.eval()
         device = next(model.parameters()).device
+        target_layer = resolve_layer(model, images, target_layer)
         cam = GradCAM(nn_module=model, target_layers=target_layer, postprocessing=minmax)
         with torch.no_grad():  # eval mode: batching does not change the outputs
             all_probs = torch.cat([model(images[j:j + 16].detach().float().to(device)).float().softmax(-1)

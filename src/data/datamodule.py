@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.bank import BagDataset, BankDataset, build_datasets, collated
 from src.data.cache import PreprocessCache
-from src.data.manifest import PHASES, PREPROCESSING, cases_for_phase, given_splits, read_manifest
+from src.data.manifest import PHASES, PREPROCESSING, cases_for_phase, given_sites, given_splits, read_manifest
 from src.data.preprocess import check_supervision
 from src.data.splits import assign_splits
 from src.errors import InputError
@@ -117,7 +117,7 @@ class GradeDataModule(L.LightningDataModule):
         cases = cases_for_phase(manifest, self.phase)
         self.patient_ids = [c.patient_id for c in cases]
         self.splits = assign_splits(self.patient_ids, [c.label for c in cases], seed=self.seed,
-                                    given=given_splits(manifest), **self.split_cfg)
+                                    given=given_splits(manifest), sites=given_sites(manifest), **self.split_cfg)
         for name in ("train", "test"):
             if not any(s == name for s in self.splits.values()):
                 raise InputError(f"the {name} set is empty", path=str(manifest))

@@ -68,6 +68,7 @@ class Row:
     image: Path | None
     mask: Path | None
     split: str = ""
+    site: str = ""
     problems: list[tuple[str, str]] = field(default_factory=list)  # (message, file)
 
     @property
@@ -134,6 +135,7 @@ def parse_rows(manifest: str | Path, phase: str) -> list[Row]:
             row.problems.append((f"split '{split}' is not one of {SPLITS}", where))
         else:
             row.split = split
+        row.site = str(rec["site"]).strip() if "site" in df.columns else ""
         for col, what, attr in ((img_col, f"{phase} image", "image"), (mask_col, "mask", "mask")):
             value = str(rec[col]).strip()
             if value:
@@ -165,3 +167,11 @@ def given_splits(manifest: str | Path) -> dict[str, str]:
     if "split" not in df.columns:
         return {}
     return {r["patient_id"].strip(): r["split"].strip().lower() for _, r in df.iterrows() if r["split"].strip()}
+
+
+def given_sites(manifest: str | Path) -> dict[str, str]:
+    """patient_id -> site from the optional ``site`` column (empty when absent; blank cells left out)."""
+    df = read_manifest(manifest)
+    if "site" not in df.columns:
+        return {}
+    return {r["patient_id"].strip(): r["site"].strip() for _, r in df.iterrows() if r["site"].strip()}

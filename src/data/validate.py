@@ -262,20 +262,22 @@ def validate_manifest(manifest: str | Path, phase: str, tumour_label: int | None
     ids = list(dict.fromkeys(r.patient_id for r in rows if r.patient_id))
     labels = {r.patient_id: grade_label(r.grade) for r in rows if r.patient_id and r.grade is not None}
     splits = {r.patient_id: r.split for r in rows if r.patient_id and r.split}
+    sites = {r.patient_id: r.site for r in rows if r.patient_id and r.site}
     keep = [p for p in ids if p in labels and (p not in bad or not exclude)]
     report.valid_ids = [p for p in ids if p not in bad]
-    report.cohort_problems += _class_problems(keep, labels, splits, split, seed, manifest)
+    report.cohort_problems += _class_problems(keep, labels, splits, split, seed, manifest, sites)
     return report
 
 
-def _class_problems(ids, labels, splits, split_cfg, seed, manifest) -> list[Problem]:
+def _class_problems(ids, labels, splits, split_cfg, seed, manifest, sites=None) -> list[Problem]:
     from src.data.splits import assign_splits
 
     if not ids:
         return [Problem(None, str(manifest), "no usable patients left")]
     given = {p: splits[p] for p in ids if p in splits}
     try:
-        assigned = assign_splits(ids, [labels[p] for p in ids], seed=seed, given=given, **(split_cfg or {}))
+        assigned = assign_splits(ids, [labels[p] for p in ids], seed=seed, given=given,
+                                 sites={p: sites[p] for p in ids if p in (sites or {})}, **(split_cfg or {}))
     except InputError as exc:
         return [Problem(None, str(manifest), _bare(exc))]
     out = []
