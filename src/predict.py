@@ -1,8 +1,9 @@
 """Grade a new patient with a trained model: python -m src.predict ckpt_path=CKPT image=PATH mask=PATH
 
 ``ckpt_path``: a checkpoint in a job folder (``JOB/checkpoints/*.ckpt``), or the job folder itself
-(then its best checkpoint, else ``last.ckpt``). Everything about the model comes from the job's
-``JOB/.hydra/config.yaml``: supervision, phase, network, preprocessing parameters, tumour label and
+(then its best checkpoint, else ``last.ckpt``); or a list of them (``ckpt_path=[FOLD0,FOLD1,...]``): an
+ensemble, whose ``prob_high`` is the mean of its members', each member's result listed in ``members``.
+Everything about the model comes from the job's ``JOB/.hydra/config.yaml``: supervision, phase, network, preprocessing parameters, tumour label and
 (weak) the slice aggregation rule. ``image``: the patient's CT of that phase, a NIfTI/NRRD/MHA file
 or a DICOM series folder; ``mask``: the tumour mask (same geometry). The input goes through the
 same checks and the same preprocessing code as training (``src.data.validate.check_pair``,
@@ -230,33 +231,85 @@ def gradcam_hook(net, settings: dict, result: dict, out_dir: Path, patient_id: s
     return str(info.get("path", out))
 
 
+def checkpoint_list(ckpt_path) -> list:
+    """``ckpt_path`` as a list: one path, or several (``ckpt_path=[A,B,C]``: an ensemble, e.g. the folds)."""
+    from omegaconf import ListConfig
+
+    if isinstance(ckpt_path, (list, tuple, ListConfig)):
+        return list(ckpt_path)
+    return [ckpt_path]
+
+
+def _member(ckpt_path) -> dict:
+    ckpt, job_dir = resolve_checkpoint(ckpt_path)
+    return {"ckpt": ckpt, "settings": job_settings(load_job_config(job_dir))}
+
+
+def _check_ensemble(members: list[dict]) -> None:
+    """The members of an ensemble grade the same input the same way: supervision, phase, threshold."""
+    from src.errors import InputError
+
+    first = members[0]["settings"]
+    for m in members[1:]:
+        for key in ("supervision", "phase", "threshold"):
+            if m["settings"][key] != first[key]:
+                raise InputError(f"ensemble members differ in {key} ({first[key]} vs {m['settings'][key]})",
+                                 path=str(m["ckpt"]))
+
+
 def predict(ckpt_path, image, mask, patient_id: str = "patient", output_dir=None, tumour_label="job",
             batch_size: int = 64, gradcam: bool = False) -> dict:
-    """Run inference for one patient; writes ``output_dir/<patient_id>.json`` (when given); returns it."""
+    """Run inference for one patient; writes ``output_dir/<patient_id>.json`` (when given); returns it.
+
+    ``ckpt_path``: one checkpoint (or job folder), or a list of them: an ensemble whose ``prob_high`` is
+    the mean of its members' (each with its own preprocessing settings and normalisation), decided with
+    their common threshold; each member's result is in ``members``.
+    """
     from src.errors import InputError
+    from src.stats import decide
 
     patient_id = str(patient_id).strip()
     if not patient_id or any(c in patient_id for c in "/\\"):
         raise InputError(f"patient_id '{patient_id}' must be non-empty and contain no path separator")
-    ckpt, job_dir = resolve_checkpoint(ckpt_path)
-    settings = job_settings(load_job_config(job_dir))
+    paths = checkpoint_list(ckpt_path)
+    if not paths:
+        raise InputError("ckpt_path is an empty list")
+    members = [_member(p) for p in paths]
+    _check_ensemble(members)
+    settings = members[0]["settings"]
     if gradcam and settings["supervision"] == "mil":
         raise InputError("gradcam=true: Grad-CAM explains single-image networks; a mil job has none")
-    label = settings["tumour_label"] if tumour_label == "job" else tumour_label
-    net = load_network(ckpt, settings["net"])
-    arrays = normalise_input(settings, ckpt, preprocess_input(settings, Path(image), Path(mask), patient_id, label))
-    result = predict_arrays(net, settings, arrays, batch_size=batch_size)
+    if gradcam and len(members) > 1:
+        raise InputError("gradcam=true explains one checkpoint; an ensemble has several")
+    prepared: dict[str, dict] = {}  # members with the same preprocessing and label share one pass
+    for m in members:
+        s = m["settings"]
+        label = s["tumour_label"] if tumour_label == "job" else tumour_label
+        key = json.dumps([s["supervision"], s["preprocess"], label], sort_keys=True, default=str)
+        if key not in prepared:
+            prepared[key] = preprocess_input(s, Path(image), Path(mask), patient_id, label)
+        m["net"] = load_network(m["ckpt"], s["net"])
+        m["result"] = predict_arrays(m["net"], s, normalise_input(s, m["ckpt"], prepared[key]), batch_size=batch_size)
+    result = members[0]["result"]
     out = {"patient_id": patient_id, "prob_high": result["prob_high"], "pred": result["pred"],
-           "decision": DECISIONS[result["pred"]], "threshold": result["threshold"],
-           "supervision": settings["supervision"], "phase": settings["phase"], "checkpoint": str(ckpt.resolve())}
-    for k in ("aggregation", "aggregation_info", "slices"):
-        if k in result:
-            out[k] = result[k]
+           "threshold": result["threshold"], "supervision": settings["supervision"], "phase": settings["phase"],
+           "checkpoint": str(members[0]["ckpt"].resolve())}
+    if len(members) > 1:
+        prob = float(sum(m["result"]["prob_high"] for m in members) / len(members))
+        out.update(prob_high=prob, pred=int(decide(prob, settings["threshold"])),
+                   checkpoint=[str(m["ckpt"].resolve()) for m in members], ensemble="mean of the members' prob_high",
+                   members=[{"checkpoint": str(m["ckpt"].resolve()), "prob_high": m["result"]["prob_high"],
+                             "pred": m["result"]["pred"]} for m in members])
+    else:
+        for k in ("aggregation", "aggregation_info", "slices"):
+            if k in result:
+                out[k] = result[k]
+    out["decision"] = DECISIONS[out["pred"]]
     if output_dir is not None:
         out_dir = Path(output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if gradcam:
-            out["gradcam"] = gradcam_hook(net, settings, result, out_dir, patient_id)
+            out["gradcam"] = gradcam_hook(members[0]["net"], settings, result, out_dir, patient_id)
         path = out_dir / f"{patient_id}.json"
         atomic_write_text(path, json.dumps(out, indent=2) + "\n")
         out["json"] = str(path)
@@ -275,8 +328,10 @@ def main(cfg: DictConfig) -> None:
     except InputError as exc:  # a user error: no traceback
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    model = f"ensemble of {len(out['members'])} {out['supervision']} models" if "members" in out \
+        else f"{out['supervision']} model"
     print(f"patient {out['patient_id']}: P(high grade) = {out['prob_high']:.3f} -> {out['decision']} "
-          f"({out['supervision']} model, {out['phase']}); written to {out['json']}")
+          f"({model}, {out['phase']}); written to {out['json']}")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
 Usage::
 
-    python -m src.report SWEEP_DIR
+    python -m src.report SWEEP_DIR [bootstrap.n=500 ...]
 
 writes ``SWEEP_DIR/report/``: table1_baseline.csv (when SWEEP_DIR/manifest.csv exists),
 table2_strong.csv, table3_weak.csv, delong.csv, mcnemar.csv, roc_strong.png, roc_weak.png,
-confusion_strong.png, confusion_weak.png and report.md (paper order, n per set, missing/failed
-jobs).  Every file is written atomically (temp file in the same folder, then ``os.replace``).
-:func:`write_report` is the entry point for other code (e.g. a Hydra end-of-multirun callback).
+confusion_strong.png, confusion_weak.png, calibration.csv, reliability.csv, decision_curve.csv,
+calibration_<supervision>.png, with k-fold or site jobs the out-of-fold tables (oof.csv,
+oof_predictions.csv, oof_delong.csv, oof_mcnemar.csv, sites.csv), and report.md (paper order, n per
+set, missing/failed jobs). The statistics' numbers (bootstrap resamples, bins, thresholds) are in
+``conf/report.yaml``. Every file is written atomically (temp file in the same folder, then
+``os.replace``). :func:`write_report` is the entry point for other code (e.g. a Hydra end-of-multirun
+callback).
 """
 
 from __future__ import annotations
@@ -37,7 +41,17 @@ from src.reporting.tables import (
 )
 from src.utils.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
-__all__ = ["write_report", "main"]
+__all__ = ["write_report", "report_options", "main"]
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "report.yaml"
+
+
+def report_options(overrides: list[str] | None = None) -> dict:
+    """conf/report.yaml with ``key=value`` overrides, as a plain dict."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(OmegaConf.load(CONF), OmegaConf.from_dotlist(list(overrides or [])))
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -89,8 +103,8 @@ def _jobs_section(sweep: Sweep) -> str:
             out.append(f"- `{j.name}` ({j.phase or '?'} {j.supervision or '?'}): {j.reason}\n")
     if sweep.duplicates:
         out.append(
-            "\nJobs of the same phase/supervision after the first (other seeds: see Repeated seeds; Tables 2-3 "
-            "use the first): "
+            "\nJobs of the same phase/supervision after the first (other seeds or folds: see Repeated seeds and "
+            "folds, and Out-of-fold evaluation; Tables 2-3 use the first): "
             + ", ".join(f"`{j.name}`" for j in sweep.duplicates)
             + "\n"
         )
@@ -186,7 +200,9 @@ def _patient_table(t2: pd.DataFrame, ot: pd.DataFrame | None, empty: str) -> str
 
 
 def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.DataFrame | None = None,
-              sd: pd.DataFrame | None = None, ot: pd.DataFrame | None = None, t3b: pd.DataFrame | None = None) -> str:
+              sd: pd.DataFrame | None = None, ot: pd.DataFrame | None = None, t3b: pd.DataFrame | None = None,
+              extra: str = "", boot: dict | None = None) -> str:
+    boot = boot or report_options()["bootstrap"]
     md = [
         f"# Report: {sweep.path.name}\n\n",
         f"Sweep folder: `{sweep.path}`  \nGenerated: {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n\n",
@@ -250,13 +266,15 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
                                            phases=t3["phase"])], ignore_index=True)
         md.append(_md_table(v, list(v.columns)) + "\n")
         md.append(
-            "Slice-level CIs treat slices as independent (as the paper's single-slice analysis); they are "
-            "optimistic because slices of one patient are correlated. Patient level uses the aggregated "
-            "`pred` of predictions/{split}.csv.\n\n"
+            "Slice AUC CI: patient-cluster bootstrap (patients resampled with all their slices; "
+            f"{boot['n']} resamples, seed {boot['seed']}), because slices of one patient are correlated; the "
+            "paper's reading (DeLong, slices independent, narrower) is in table3_weak.csv (`*_delong`). "
+            "Patient AUC CI: DeLong. Patient level uses the aggregated `pred` of predictions/{split}.csv.\n\n"
         )
         # Grad-CAM
         md.append(
-            "Grad-CAM (testing set, layer4, predicted class): share of the heat map's mass inside the tumour / "
+            "Grad-CAM (testing set, the layer `model.cam_layer` names, predicted class): share of the heat map's "
+            "mass inside the tumour / "
             "share of slices whose heat-map maximum lies in the tumour (pointing game) / chance level = the "
             "tumour's share of the slice area (what both are for an uninformative map); mean over patients "
             "of the per-patient mean over up to 8 lesion slices (docs/gradcam.md).\n\n"
@@ -271,7 +289,7 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
     panels = [(k, v) for k, v in figs.items() if k.startswith("gradcam_")]
     if panels:
         md.append("### Figure 6. Grad-CAM heat maps, weakly supervised models (one testing patient per phase)\n\n")
-        md.append("CT (z-scored slice, fixed display window) | Grad-CAM of layer4 over the CT, tumour outlined | "
+        md.append("CT (the network's input, fixed display window) | Grad-CAM over the CT, tumour outlined | "
                   "tumour location.\n\n")
         for key, name in panels:
             md.append(f"![Figure 6, {key[len('gradcam_'):]}]({name})\n\n")
@@ -289,16 +307,17 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
         summary = means[["supervision", "phase"]].assign(
             seeds=means["job"].to_numpy(),
             auc=[f"{fmt(m)} +- {fmt(s)}" for m, s in zip(means["test_auc"], sds["test_auc"])])
-        summary.columns = ["supervision", "phase", "seeds", "test AUC, mean +- SD over seeds"]
-        md.append("\n## Repeated seeds (testing set, patient level)\n\n"
-                  "Jobs that differ only in `seed` (`-m ... seed=0,1,2`); Tables 2-3 use the first job of each model. "
-                  "Every seed's value: `seeds.csv`.\n\n")
-        md.append(_md_table(summary, ["supervision", "phase", "seeds", "test AUC, mean +- SD over seeds"]))
+        summary.columns = ["supervision", "phase", "jobs", "test AUC, mean +- SD over jobs"]
+        md.append("\n## Repeated seeds and folds (testing set, patient level)\n\n"
+                  "Jobs of one model that differ in `seed` (`-m ... seed=0,1,2`) or in `data.split.fold`; Tables 2-3 "
+                  "use the first job of each model. Every job's value, with its seed and fold: `seeds.csv`.\n\n")
+        md.append(_md_table(summary, ["supervision", "phase", "jobs", "test AUC, mean +- SD over jobs"]))
     if th is not None and len(th):
         md.append("\n## Decision thresholds (testing set, patient level)\n\n"
                   "`paper`: P(high) > 0.5, as the paper and Tables 2-3. `youden`: P(high) > the Youden threshold "
                   "chosen on the job's validation patients (never on the testing set).\n\n")
         md.append(_md_table(th, list(th.columns)))
+    md.append(extra)
     md.append(
         "\n## Methods\n\n"
         '- AUC 95% CI: DeLong (1988), equal to R pROC `ci.auc(method="delong")`, clipped to [0, 1]; '
@@ -308,6 +327,12 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
         "- Strong vs weak: McNemar's test on the patients of each class (sensitivity: high grade; "
         "specificity: low grade), exact binomial p (`p`); continuity-corrected chi-square in `p_chisq`.\n"
         "- Accuracy / sensitivity / specificity at threshold 0.5 with Wilson 95% CIs (CSV files).\n"
+        "- Slice-level AUC CI: percentile patient-cluster bootstrap (patients resampled with replacement, "
+        "each with all its slices).\n"
+        "- Calibration: Brier score; calibration intercept (logistic model of the outcome with logit(p) as "
+        "offset) and slope (coefficient of logit(p)), statsmodels GLM; reliability in equal-width bins. "
+        "Decision curve: net benefit TP/n - FP/n * pt/(1 - pt) of treating patients with p >= pt "
+        "(Vickers and Elkin 2006).\n"
         "- Table 1: Student t-test, or Mann-Whitney U (Z) when Shapiro-Wilk p < 0.05; Pearson chi-square "
         "without continuity correction, or Fisher's exact test when an expected count is < 5.\n"
     )
@@ -321,18 +346,92 @@ def _figures(md: list[str], figs: dict, entries) -> None:
             md.append(f"### {title}\n\n![{title}]({figs[key]})\n\n")
 
 
-def write_report(sweep_dir: str | Path) -> Path:
+def _oof_section(oof: pd.DataFrame, odl: pd.DataFrame, omc: pd.DataFrame, sites: pd.DataFrame) -> str:
+    if oof.empty:
+        return ""
+    v = pd.DataFrame({
+        "Model": [f"{p} {s}" for p, s in zip(oof["phase"], oof["supervision"])],
+        "scheme": oof["scheme"],
+        "jobs (seeds x folds)": [f"{j} ({s} x {f})" for j, s, f in zip(oof["jobs"], oof["seeds"],
+                                                                       oof["folds_per_seed"])],
+        "patients": [str(int(n)) for n in oof["n"]],
+        "pooled AUC (95% CI)": [fmt_auc(a, lo, hi) for a, lo, hi in zip(oof["auc"], oof["auc_low"], oof["auc_high"])],
+        "accuracy / sens / spec": [f"{fmt(a)} / {fmt(b)} / {fmt(c)}" for a, b, c in
+                                   zip(oof["accuracy"], oof["sensitivity"], oof["specificity"])],
+        "fold AUC mean +- SD": [f"{fmt(m)} +- {fmt(sd)}" for m, sd in zip(oof["job_auc_mean"], oof["job_auc_sd"])],
+        "seed pooled AUC mean +- SD": [f"{fmt(m)} +- {fmt(sd)}" for m, sd in
+                                       zip(oof["seed_auc_mean"], oof["seed_auc_sd"])],
+    })
+    if oof["oracle_auc"].notna().any():
+        v["oracle AUC"] = [fmt(x) for x in oof["oracle_auc"]]
+        v["AUC / oracle"] = [fmt(x) for x in oof["auc_of_oracle"]]
+    md = ["## Out-of-fold evaluation (patient level)\n\n",
+          "Each model's k-fold (or site) jobs pooled: every patient predicted by the fold that did not train on "
+          "it (several seeds: the mean of their out-of-fold probabilities), one AUC with its DeLong CI on all "
+          "pooled patients; `fold AUC` is the spread of the single jobs' test AUCs, `seed pooled AUC` that of each "
+          "seed's pooled AUC. Incomplete folds or a patient tested twice within a seed are listed below. "
+          "Every patient's pooled prediction: `oof_predictions.csv`.\n\n",
+          _md_table(v, list(v.columns)), "\n"]
+    for r in oof[~oof["complete"].astype(bool)].itertuples():
+        md.append(f"- **{r.phase} {r.supervision} is incomplete**: {r.folds_per_seed} fold(s) per seed"
+                  + (f", {r.repeats} patient(s) tested twice within a seed" if r.repeats else "")
+                  + ": its pooled figures cover only the folds that finished.\n")
+    if not odl.empty:
+        md.append("\nDeLong tests between phases on the pooled predictions:\n\n")
+        md.append(_md_table(odl, ["supervision", "phase_a", "phase_b", "n", "auc_a", "auc_b", "z", "p", "note"]))
+    if not omc.empty:
+        md.append("\nMcNemar tests, strongly vs weakly supervised, on the pooled predictions:\n\n")
+        md.append(_md_table(omc, ["phase", "metric", "n", "strong", "weak", "b_strong_only", "c_weak_only", "p",
+                                  "note"]))
+    if not sites.empty:
+        md.append("\nPer site (pooled predictions of each site's patients; `sites.csv`):\n\n")
+        md.append(_md_table(sites.assign(AUC=[fmt_auc(a, lo, hi) for a, lo, hi in
+                                              zip(sites["auc"], sites["auc_low"], sites["auc_high"])]),
+                            ["supervision", "phase", "site", "n", "n_high", "AUC", "accuracy"]))
+    return "".join(md) + "\n"
+
+
+def _calibration_section(cal: pd.DataFrame, figs: dict, opts: dict) -> str:
+    if cal.empty:
+        return ""
+    md = ["## Calibration and decision curves (patient level)\n\n",
+          "Per model, on its pooled out-of-fold predictions when it ran in folds, else its testing patients "
+          "(`source`). Brier score (0 is perfect; predicting the prevalence scores p(1 - p)); calibration "
+          "intercept (0 is perfect; < 0: probabilities too high) and slope (1 is perfect; < 1: too extreme). "
+          f"Reliability in {opts['calibration']['bins']} equal-width bins (`reliability.csv`); decision curve: "
+          "net benefit of treating patients with P(high) >= the threshold, beside treating all and none "
+          "(`decision_curve.csv`).\n\n",
+          _md_table(cal, ["supervision", "phase", "source", "n", "brier", "intercept", "slope"]), "\n"]
+    _figures(md, figs, [(f"calibration_{sup}", f"Reliability and decision curve, {sup}") for sup in SUPERVISIONS])
+    return "".join(md)
+
+
+def write_report(sweep_dir: str | Path, options: dict | None = None) -> Path:
     """Build SWEEP_DIR/report/ from the sweep's job folders and return the path of report.md.
 
-    Never fails because of a broken or missing job: those are listed in report.md.
+    ``options``: conf/report.yaml's keys (default: that file). Never fails because of a broken or
+    missing job: those are listed in report.md.
     """
+    import numpy as np
+
+    from src.reporting.calibration import (
+        calibration_figure,
+        calibration_table,
+        decision_curve_table,
+        evaluated,
+        reliability_table,
+    )
+    from src.reporting.crossval import oof_table, pooled_tables, site_table
+    from src.reporting.tables import delong_between_phases, mcnemar_between_supervisions
+
+    opts = options or report_options()
     sweep = load_sweep(sweep_dir)
     out = sweep.path / "report"
     out.mkdir(parents=True, exist_ok=True)
 
     t1 = table1_baseline(sweep.manifest)
     t2 = table2_strong(sweep)
-    t3 = table3_weak(sweep)
+    t3 = table3_weak(sweep, opts["bootstrap"])
     t3b = table2_strong(sweep, supervision="mil")
     dl = delong_pairs(sweep)
     mc = mcnemar_strong_vs_weak(sweep)
@@ -365,22 +464,52 @@ def write_report(sweep_dir: str | Path) -> Path:
             atomic_write_bytes(out / f"confusion_{sup}.png", c)
             figs[f"confusion_{sup}"] = f"confusion_{sup}.png"
 
+    # out-of-fold pooling of k-fold / site jobs
+    pooled = pooled_tables(sweep)
+    oof, sites = oof_table(sweep, pooled), site_table(sweep, pooled)
+    tables = {k: t for k, (t, _) in pooled.items()}
+    odl, omc = delong_between_phases(tables, "out-of-fold"), mcnemar_between_supervisions(tables, "out-of-fold")
+    if pooled:
+        _write_csv(out / "oof.csv", oof)
+        _write_csv(out / "oof_predictions.csv", pd.concat(
+            [t.assign(phase=k[0], supervision=k[1]) for k, t in tables.items()], ignore_index=True))
+        _write_csv(out / "oof_delong.csv", odl)
+        _write_csv(out / "oof_mcnemar.csv", omc)
+        if not sites.empty:
+            _write_csv(out / "sites.csv", sites)
+
+    # calibration and decision curves
+    evals = evaluated(sweep, pooled)
+    dc = opts["decision_curve"]
+    thresholds = np.round(np.arange(dc["start"], dc["stop"] + dc["step"] / 2, dc["step"]), 10)
+    cal, rel = calibration_table(evals), reliability_table(evals, opts["calibration"]["bins"])
+    curves = decision_curve_table(evals, thresholds)
+    for name, df in (("calibration", cal), ("reliability", rel), ("decision_curve", curves)):
+        _write_csv(out / f"{name}.csv", df)
+    for sup in SUPERVISIONS:
+        png = calibration_figure(rel, curves, sup)
+        if png is not None:
+            atomic_write_bytes(out / f"calibration_{sup}.png", png)
+            figs[f"calibration_{sup}"] = f"calibration_{sup}.png"
+
     # Grad-CAM: Figure 6 panels copied from the weak jobs' gradcam/ folders
     from src.reporting.gradcam import figure6_panels
 
     for phase, name in figure6_panels(sweep, out, PAPER_PHASE_ORDER).items():
         figs[f"gradcam_{phase}"] = name
     report = out / "report.md"
-    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs, th, sd, ot, t3b))
+    extra = _oof_section(oof, odl, omc, sites) + _calibration_section(cal, figs, opts)
+    atomic_write_text(report, _markdown(sweep, t1, t2, t3, dl, mc, figs, th, sd, ot, t3b, extra, opts["bootstrap"]))
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir", type=Path, help="Hydra multirun folder holding the job folders")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of conf/report.yaml (e.g. bootstrap.n=500)")
     args = ap.parse_args(argv)
     try:
-        path = write_report(args.sweep_dir)
+        path = write_report(args.sweep_dir, report_options(args.overrides))
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -171,3 +171,34 @@ def test_zscore_dataset_uses_the_training_statistics_saved_in_the_checkpoint(coh
     with pytest.raises(InputError, match="intensity statistics"):
         predict(ckpt, cohort / "images" / "SYN0001_CMP.nii.gz", cohort / "masks" / "SYN0001_mask.nii.gz",
                 output_dir=tmp_path / "pred2")
+
+
+def test_an_ensemble_of_checkpoints_is_the_mean_of_its_members(strong_job, cohort, tmp_path):
+    other = make_job(tmp_path / "fold1", "strong", 7)
+    img, mask = cohort / "images" / "SYN0001_CMP.nii.gz", cohort / "masks" / "SYN0001_mask.nii.gz"
+    a, b = predict(strong_job, img, mask), predict(other, img, mask)
+    assert a["prob_high"] != pytest.approx(b["prob_high"], abs=1e-4)  # two different networks
+    ens = predict([strong_job, other], img, mask, patient_id="E1", output_dir=tmp_path / "pred")
+    assert ens["prob_high"] == pytest.approx((a["prob_high"] + b["prob_high"]) / 2, abs=1e-9)
+    assert ens["pred"] == int(ens["prob_high"] > 0.5) and ens["decision"] == ("high grade (WHO/ISUP 3-4)"
+                                                                              if ens["pred"] else
+                                                                              "low grade (WHO/ISUP 1-2)")
+    assert [m["prob_high"] for m in ens["members"]] == pytest.approx([a["prob_high"], b["prob_high"]], abs=1e-9)
+    saved = json.loads((tmp_path / "pred" / "E1.json").read_text())
+    assert len(saved["members"]) == 2 and saved["prob_high"] == pytest.approx(ens["prob_high"])
+    weak = make_job(tmp_path / "weak", "weak")
+    with pytest.raises(InputError, match="ensemble members differ in supervision"):
+        predict([strong_job, weak], img, mask)
+    with pytest.raises(InputError, match="explains one checkpoint"):
+        predict([strong_job, other], img, mask, output_dir=tmp_path / "g", gradcam=True)
+
+
+def test_command_line_ensemble(strong_job, cohort, tmp_path):
+    other = make_job(tmp_path / "fold1", "strong", 7)
+    cmd = [sys.executable, "-m", "src.predict", f"ckpt_path=[{strong_job},{other}]",
+           f"image={cohort / 'images' / 'SYN0001_CMP.nii.gz'}", f"mask={cohort / 'masks' / 'SYN0001_mask.nii.gz'}",
+           "patient_id=ENS", f"output_dir={tmp_path / 'out'}"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "ensemble of 2 strong models" in res.stdout
+    assert len(json.loads((tmp_path / "out" / "ENS.json").read_text())["members"]) == 2

@@ -252,7 +252,7 @@ def test_jobs_that_differ_only_in_seed_are_grouped(tmp_path):
     cmp_ = sd[sd.phase == "CMP"].set_index("seed")
     assert list(cmp_.index) == ["0", "1", "2", "mean", "sd"]
     assert cmp_.loc["mean", "test_auc"] == pytest.approx(0.8) and cmp_.loc["sd", "test_auc"] == pytest.approx(0.1)
-    assert cmp_.loc["1", "job"] == "1_CMP_strong" and cmp_.loc["mean", "job"] == "3 seed(s)"
+    assert cmp_.loc["1", "job"] == "1_CMP_strong" and cmp_.loc["mean", "job"] == "3 job(s)"
     up = sd[sd.phase == "UP"].set_index("seed")
     assert up.loc["mean", "test_auc"] == pytest.approx(0.6) and np.isnan(up.loc["sd", "test_auc"])
     assert "## Repeated seeds" in report and "0.800 +- 0.100" in report

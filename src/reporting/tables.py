@@ -193,10 +193,26 @@ def table2_strong(sweep: Sweep, reference_phase: str = "CMP", supervision: str =
     return pd.DataFrame(rows)
 
 
-def table3_weak(sweep: Sweep) -> pd.DataFrame:
-    """Paper Table 3: per phase and split, slice-level AUC (95% DeLong CI on slices, treated as
-    independent as in the paper), accuracy, sensitivity, specificity at 0.5, and patient-level
-    accuracy, sensitivity, specificity after aggregation (predictions/{split}.csv ``pred``)."""
+def _slice_perf(df: pd.DataFrame | None, bootstrap: dict) -> dict:
+    """:func:`_perf` of a slice table with the AUC's CI from a patient-cluster bootstrap (slices of one
+    patient are correlated; the DeLong CI, which treats them as independent, is kept as ``*_delong``)."""
+    from src.stats.calibration import cluster_bootstrap_auc
+
+    out = _perf(df, "slice_", use_pred=False)
+    out["slice_auc_low_delong"], out["slice_auc_high_delong"] = out["slice_auc_low"], out["slice_auc_high"]
+    if df is not None and len(df) and df["label"].nunique() == 2:
+        b = cluster_bootstrap_auc(df["label"].to_numpy(), df["prob_high"].to_numpy(), df["patient_id"].to_numpy(),
+                                  n_boot=int(bootstrap["n"]), seed=int(bootstrap["seed"]))
+        out["slice_auc_low"], out["slice_auc_high"] = b.low, b.high
+    return out
+
+
+def table3_weak(sweep: Sweep, bootstrap: dict) -> pd.DataFrame:
+    """Paper Table 3: per phase and split, slice-level AUC with a 95% patient-cluster bootstrap CI
+    (``bootstrap``: resamples ``n`` and ``seed``, conf/report.yaml; the paper's DeLong CI on slices
+    treated as independent is in the ``*_delong`` columns), accuracy, sensitivity, specificity at 0.5,
+    and patient-level AUC (DeLong CI), accuracy, sensitivity, specificity after aggregation
+    (predictions/{split}.csv ``pred``)."""
     rows = []
     for phase in PAPER_PHASE_ORDER:
         job = sweep.models.get((phase, "weak"))
@@ -204,7 +220,7 @@ def table3_weak(sweep: Sweep) -> pd.DataFrame:
             continue
         for split in SPLITS:
             row: dict = {"phase": phase, "split": split, "job": job.name}
-            sl = _perf(job.slices.get(split), "slice_", use_pred=False)
+            sl = _slice_perf(job.slices.get(split), bootstrap)
             pt = _perf(job.patients.get(split), "patient_")
             row.update(sl)
             row.update(pt)
@@ -220,30 +236,38 @@ def table3_weak(sweep: Sweep) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def delong_pairs(sweep: Sweep, splits=SPLITS) -> pd.DataFrame:
-    """Paired DeLong test for every pair of phases within a supervision (patient level)."""
+DELONG_COLS = ["supervision", "split", "level", "phase_a", "phase_b", "n", "auc_a", "auc_b", "z", "p", "note"]
+MCNEMAR_COLS = ["phase", "split", "metric", "n", "strong", "weak", "b_strong_only", "c_weak_only", "p", "p_chisq",
+                "note"]
+
+
+def delong_between_phases(tables: dict, split: str) -> pd.DataFrame:
+    """Paired DeLong test for every pair of phases within a supervision; ``tables``: (phase, supervision)
+    -> patient table (patient_id, label, prob_high), ``split`` labels the rows."""
     rows = []
     for sup in SUPERVISIONS:
-        for split in splits:
-            for pa, pb in combinations(PAPER_PHASE_ORDER, 2):
-                ja, jb = sweep.models.get((pa, sup)), sweep.models.get((pb, sup))
-                if ja is None or jb is None:
-                    continue
-                d = _delong_pair(ja.patients.get(split), jb.patients.get(split))
-                rows.append({"supervision": sup, "split": split, "level": "patient", "phase_a": pa, "phase_b": pb} | d)
-    cols = ["supervision", "split", "level", "phase_a", "phase_b", "n", "auc_a", "auc_b", "z", "p", "note"]
-    return pd.DataFrame(rows, columns=cols)
+        for pa, pb in combinations(PAPER_PHASE_ORDER, 2):
+            if (pa, sup) not in tables or (pb, sup) not in tables:
+                continue
+            d = _delong_pair(tables[(pa, sup)], tables[(pb, sup)])
+            rows.append({"supervision": sup, "split": split, "level": "patient", "phase_a": pa, "phase_b": pb} | d)
+    return pd.DataFrame(rows, columns=DELONG_COLS)
 
 
-def mcnemar_strong_vs_weak(sweep: Sweep, split: str = "test") -> pd.DataFrame:
+def delong_pairs(sweep: Sweep, splits=SPLITS) -> pd.DataFrame:
+    """Paired DeLong test for every pair of phases within a supervision (patient level)."""
+    frames = [delong_between_phases({k: j.patients.get(split) for k, j in sweep.models.items()}, split)
+              for split in splits]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DELONG_COLS)
+
+
+def mcnemar_between_supervisions(tables: dict, split: str) -> pd.DataFrame:
     """McNemar (exact binomial) of strong vs weak per phase: sensitivity on the high-grade and
-    specificity on the low-grade patients, patient-level ``pred``, matched by patient_id."""
+    specificity on the low-grade patients, patient-level ``pred``, matched by patient_id; ``tables``:
+    (phase, supervision) -> patient table."""
     rows = []
     for phase in PAPER_PHASE_ORDER:
-        js, jw = sweep.models.get((phase, "strong")), sweep.models.get((phase, "weak"))
-        if js is None or jw is None:
-            continue
-        a, b = js.patients.get(split), jw.patients.get(split)
+        a, b = tables.get((phase, "strong")), tables.get((phase, "weak"))
         if a is None or b is None:
             continue
         try:
@@ -261,18 +285,17 @@ def mcnemar_strong_vs_weak(sweep: Sweep, split: str = "test") -> pd.DataFrame:
             else:
                 ex = mcnemar_result(ca, cb, exact=True)
                 ch = mcnemar_result(ca, cb, exact=False)
-                row.update(
-                    strong=float(ca.mean()),
-                    weak=float(cb.mean()),
-                    b_strong_only=ex.b,
-                    c_weak_only=ex.c,
-                    p=ex.p,
-                    p_chisq=ch.p,
-                )
+                row.update(strong=float(ca.mean()), weak=float(cb.mean()), b_strong_only=ex.b, c_weak_only=ex.c,
+                           p=ex.p, p_chisq=ch.p)
             row["note"] = f"matched {len(m)} of {len(a)}/{len(b)} patients" if len(m) < max(len(a), len(b)) else ""
             rows.append(row)
-    cols = ["phase", "split", "metric", "n", "strong", "weak", "b_strong_only", "c_weak_only", "p", "p_chisq", "note"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=MCNEMAR_COLS)
+
+
+def mcnemar_strong_vs_weak(sweep: Sweep, split: str = "test") -> pd.DataFrame:
+    """:func:`mcnemar_between_supervisions` on the sweep's models (Tables 2-3 jobs)."""
+    return mcnemar_between_supervisions({k: j.patients.get(split) for k, j in sweep.models.items()
+                                         if j.patients.get(split) is not None}, split)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,9 +305,10 @@ SEED_METRICS = ("test_auc", "test_accuracy", "test_sensitivity", "test_specifici
 
 
 def seeds_table(sweep: Sweep) -> pd.DataFrame:
-    """Every ok job's test metrics with its seed (``metrics.json``), and per model (phase x supervision)
-    the mean and the sample SD across its seeds: rows ``seed`` = the seed, ``mean``, ``sd``. Models with a
-    single job get their row and a mean (SD NaN)."""
+    """Every ok job's test metrics with its seed and fold (k-fold: the fold; site: the tested site; holdout:
+    empty) from ``metrics.json``, and per model (phase x supervision) the mean and the sample SD across its
+    jobs (seeds and folds): rows ``seed`` = the seed, ``mean``, ``sd``. Models with a single job get their
+    row and a mean (SD NaN)."""
     by_model: dict[tuple[str, str], list] = {}
     for job in sweep.jobs:
         if job.status == "ok" and job.phase and job.supervision:
@@ -292,14 +316,16 @@ def seeds_table(sweep: Sweep) -> pd.DataFrame:
     rows = []
     order = {p: i for i, p in enumerate(PAPER_PHASE_ORDER)}
     for (phase, sup), jobs in sorted(by_model.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
-        per = [{"supervision": sup, "phase": phase, "seed": str(j.metrics.get("seed", "?")), "job": j.name,
-                **{k: float(j.metrics.get(k, np.nan)) for k in SEED_METRICS}} for j in jobs]
+        per = [{"supervision": sup, "phase": phase, "seed": str(j.metrics.get("seed", "?")),
+                "fold": "" if j.metrics.get("split_scheme", "holdout") == "holdout" else str(j.metrics.get(
+                    "fold") if j.metrics.get("split_scheme") == "kfold" else j.metrics.get("test_site")),
+                "job": j.name, **{k: float(j.metrics.get(k, np.nan)) for k in SEED_METRICS}} for j in jobs]
         rows += per
         values = pd.DataFrame(per)[list(SEED_METRICS)]
-        for stat, v in (("mean", values.mean()), ("sd", values.std(ddof=1))):  # one seed: SD NaN
-            rows.append({"supervision": sup, "phase": phase, "seed": stat, "job": f"{len(per)} seed(s)",
+        for stat, v in (("mean", values.mean()), ("sd", values.std(ddof=1))):  # one job: SD NaN
+            rows.append({"supervision": sup, "phase": phase, "seed": stat, "fold": "", "job": f"{len(per)} job(s)",
                          **v.to_dict()})
-    return pd.DataFrame(rows, columns=["supervision", "phase", "seed", "job", *SEED_METRICS])
+    return pd.DataFrame(rows, columns=["supervision", "phase", "seed", "fold", "job", *SEED_METRICS])
 
 
 def thresholds_table(sweep: Sweep) -> pd.DataFrame:
