@@ -6,8 +6,8 @@ ensemble, whose ``prob_high`` is the mean of its members', each member's result 
 Everything about the model comes from the job's ``JOB/.hydra/config.yaml``: supervision, phase,
 network, preprocessing parameters, tumour label and (weak) the slice aggregation rule. ``image``: the
 patient's CT of that phase, a NIfTI/NRRD/MHA file or a DICOM series folder; ``mask``: the tumour mask
-(same geometry). The input goes through the same checks and the same preprocessing code as training (``src.data.validate.check_pair``,
-``src.data.preprocess.preprocess_case``), then:
+(same geometry). The input goes through the same checks and the same preprocessing code as training
+(``src.data.validate.check_pair``, ``src.data.preprocess.preprocess_case``), then:
 
 - strong: the un-rotated ROI -> 3D network -> ``prob_high``; decision ``prob_high > threshold``
   (the job's ``callbacks.predictions.threshold``, ``src.stats.decide``);
