@@ -1,4 +1,5 @@
-"""wandb (offline, no account): one run per job named phase_supervision in the sweep's group; always finished."""
+"""wandb (offline, no account): one run per job (named phase_supervision_fold_seed, job type phase_supervision) in
+the sweep's group; always finished."""
 import os
 
 import pytest
@@ -8,11 +9,13 @@ import pytest
 def test_one_offline_run_per_job(parallel_wandb_sweep):
     """Also when the jobs run at once in other processes (hydra/launcher=joblib)."""
     sweep = parallel_wandb_sweep
-    for job, name in (("0_UP_strong", b"UP_strong"), ("1_CMP_strong", b"CMP_strong")):
+    for job, model in (("0_UP_strong", b"UP_strong"), ("1_CMP_strong", b"CMP_strong")):
         runs = list((sweep / job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, runs  # one run per job, not one run across the sweep
         blob = next(runs[0].glob("run-*.wandb")).read_bytes()
-        assert name in blob and b"sweep_parallel" in blob  # run name and group (the sweep folder)
+        # run name (model, fold, seed), job type (the model) and group (the sweep folder)
+        assert model + b"_fold0_seed0" in blob and b"sweep_parallel" in blob
+        assert blob.count(model) >= 2
 
 
 def test_run_is_finished_when_the_job_fails(tmp_path, monkeypatch):
