@@ -33,8 +33,9 @@ import numpy as np
 
 from src.data.io import write_image
 from src.data.manifest import PHASES, grade_label  # the generator writes every one of the paper's phases
-from src.data.synthetic_anatomy import anatomy, smooth_field
-from src.data.synthetic_grade import NECROSIS_HU, TEXTURE_BASE_HU, TEXTURE_HU, TUMOUR_HU, draw_features, oracle_llr
+from src.data.synthetic_anatomy import anatomy
+from src.data.synthetic_grade import NECROSIS_HU, TEXTURE_HU, TUMOUR_HU, draw_features, oracle_llr
+from src.data.synthetic_tumour import render_tumour, tumour_axes
 
 GENERATOR_VERSION = 3  # bump whenever what is generated changes (part of the cohort folder key)
 
@@ -90,42 +91,14 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
     # the tumour: in one kidney, its centre inside the kidney near the surface
     side = int(rng.integers(0, 2))
     kid = kidneys[side]
-    r = features["diameter_mm"] / 2
-    axes_t = r * rng.uniform(0.85, 1.0, size=3)
-    axes_t[int(np.argmax(axes_t))] = r  # the planted maximum diameter is exact
+    axes_t = tumour_axes(features, rng)
     offset = rng.normal(0, 1, 3)
     offset = offset / (np.linalg.norm(offset) + 1e-6) * kid["axes"] * 0.7
     tum_c = kid["centre"] + offset
-
-    # evaluated in the tumour's bounding box only
-    box = tuple(slice(int(max(0, np.searchsorted(ax, c - r * 1.3))), int(min(n, np.searchsorted(ax, c + r * 1.3) + 1)))
-                for ax, c, n in zip((xs, ys, zs), tum_c, spec.shape))
-    bxs, bys, bzs = xs[box[0]], ys[box[1]], zs[box[2]]
-    tr = np.sqrt(((bxs[:, None, None] - tum_c[0]) / axes_t[0]) ** 2 + ((bys[None, :, None] - tum_c[1]) / axes_t[1]) ** 2
-                 + ((bzs[None, None, :] - tum_c[2]) / axes_t[2]) ** 2)
-    lobes = smooth_field((bxs, bys, bzs), 8.0, rng)
-    tumour = tr < (1.0 + features["lobulation"] * lobes)
-    if not tumour.any():  # tiny volumes: keep at least the centre voxel
-        c = tuple(int(np.argmin(np.abs(ax - tc))) for ax, tc in zip((xs, ys, zs), tum_c))
-        c = tuple(min(max(ci, b_.start), b_.stop - 1) for ci, b_ in zip(c, box))
-        tumour = np.zeros(tr.shape, bool)
-        tumour[tuple(ci - b_.start for ci, b_ in zip(c, box))] = True
-    texture = smooth_field((bxs, bys, bzs), 3.0, rng)
-    nec_field = smooth_field((bxs, bys, bzs), 6.0, rng) - 1.5 * tr  # central necrosis
-    nec_frac = min(features["necrosis_fraction"], 0.6)
-    necrosis = np.zeros(tr.shape, bool)
-    if nec_frac > 0.005 and tumour.sum() > 8:
-        necrosis = tumour & (nec_field > np.quantile(nec_field[tumour], 1 - nec_frac))
-
+    patch = render_tumour((xs, ys, zs), spec.shape, tum_c, axes_t, features, PHASES, rng)
     for p in PHASES:
-        mu = features[f"mu_{p}"]
-        region = vols[p][box]
-        if p in NECROSIS_HU:  # enhanced phases show the grade's texture and necrosis
-            hu = mu + TEXTURE_BASE_HU[p] * features["texture_scale"] * texture
-            hu[necrosis] = NECROSIS_HU[p] + 4.0 * texture[necrosis]
-        else:
-            hu = mu + TEXTURE_BASE_HU[p] * texture
-        region[tumour] = hu[tumour]
+        region = vols[p][patch.box]
+        region[patch.inside] = patch.hu[p][patch.inside]
 
     noise_sd = spec.noise_hu * rng.uniform(0.85, 1.15)
     out = {}
@@ -135,7 +108,7 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
         v[body] += rng.normal(0, noise_sd, size=int(body.sum())).astype(np.float32)
         out[p] = np.clip(np.round(v), -1024, 3071).astype(np.int16)
     mask = np.zeros(spec.shape, np.uint8)
-    mask[box][tumour] = 1
+    mask[patch.box][patch.inside] = 1
 
     columns = {
         "age": int(np.clip(round(rng.normal(57.5, 12)), 22, 88)),
