@@ -31,6 +31,27 @@ def test_six_job_multirun_one_sweep_folder(six_job_sweep):
     t2 = pd.read_csv(report / "table2_strong.csv")
     assert len(t2) == 3
     print("smoke test AUCs:", aucs)
+    # the prepare pass filled every job's cache before the first job: no job preprocessed anything
+    for job in jobs:
+        lines = [ln for ln in (sweep / job / "train.log").read_text().splitlines() if "preprocessing " in ln]
+        assert lines and all(" 0 computed, 20 from cache" in ln for ln in lines), (job, lines)
+
+
+def test_prepare_pass_lists_each_data_configuration_once(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from src.callbacks.hydra_hooks import sweep_data_configs
+    from tests.conftest import CONF
+
+    overrides = ["phase=UP,CMP", "supervision=strong,weak", "experiment=smoke", "optimizer.lr=0.001,0.002",
+                 "data.split.fold=0,1", "data.split.scheme=kfold", f"paths.log_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        compose("train")  # as inside the app
+        configs = sweep_data_configs(overrides)
+    # 16 jobs, 4 data configurations: the learning rate does not touch the data; the fold only chooses
+    # which cached patients are tested (the split is made at setup, not in the cache)
+    assert sorted(k.split(" ")[0] for k in configs) == ["CMP/strong", "CMP/weak", "UP/strong", "UP/weak"]
+    assert {c.source.spec.n_patients for c in configs.values()} == {20}  # the jobs' own composition (smoke)
 
 
 @pytest.mark.slow

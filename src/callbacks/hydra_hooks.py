@@ -1,5 +1,6 @@
-"""Hydra callbacks: when a multirun ends, failed jobs are collected, the sweep's report is written
-and a one-line-per-job summary is printed, followed by the report's path."""
+"""Hydra callbacks. Before the first job of a multirun, every data configuration the sweep needs is
+prepared once (``PrepareCaches``); when it ends, failed jobs are collected, the sweep's report is written
+and a one-line-per-job summary is printed, followed by the report's path (``SweepReport``)."""
 from __future__ import annotations
 
 import logging
@@ -127,3 +128,80 @@ def log_report_to_wandb(report_dir: Path, project: str, group: str, offline: boo
             run.log({f"figure/{png.stem}": wandb.Image(str(png))})
     finally:
         run.finish()
+
+
+class PrepareCaches(Callback):
+    """Before the first job of a multirun: every distinct cohort x phase x supervision x preprocessing the
+    sweep asks for is generated, validated and preprocessed into the cache once (``data.workers=auto``:
+    with all CPUs, as no job is running yet), so that jobs (folds, seeds, the jobs of a parallel launcher) only
+    load. A combination whose data cannot be prepared is left to its jobs, which fail with their own
+    error; the sweep goes on. ``enabled: false`` (or a launcher on other machines, where the parent's
+    CPUs are not the jobs') leaves each job to prepare its own."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.prepared: list[str] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if not self.enabled:
+            return
+        started = time.time()
+        try:
+            configs = sweep_data_configs(list(config.hydra.overrides.task))
+        except Exception as exc:  # noqa: BLE001 - an unexpected override: the jobs prepare their own data
+            log.warning("prepare pass skipped (%s: %s)", type(exc).__name__, exc)
+            return
+        for name, data_cfg in configs.items():
+            try:
+                prepare_data(data_cfg)
+                self.prepared.append(name)
+            except Exception as exc:  # noqa: BLE001 - the jobs of this combination report it
+                log.warning("prepare pass: %s not prepared (%s); its jobs will try", name, str(exc).splitlines()[0])
+        if configs:
+            log.info("prepare pass: %d of %d data configurations ready in %.1f s (%s)", len(self.prepared),
+                     len(configs), time.time() - started, ", ".join(self.prepared) or "none")
+
+
+NOT_PREPARED = ("split", "seed", "loader", "augment")  # data keys the cohort and its cache do not depend on
+
+
+def sweep_data_configs(task_overrides: list[str]) -> dict[str, DictConfig]:
+    """The distinct ``data`` configs of a sweep's jobs: the product of its sweep overrides composed as
+    the jobs compose them; jobs that differ only in what does not touch the prepared data (learning rate,
+    epochs, the split and fold, loading, augmentation) share one. Keyed ``<phase>/<supervision> #<k>``."""
+    import itertools
+
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    choices = []
+    for o in parsed:
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        choices.append([f"{key}={v}" for v in values])
+    out: dict[str, DictConfig] = {}
+    seen: set[str] = set()
+    for combo in itertools.product(*choices):
+        cfg = compose(config_name="train", overrides=list(combo))
+        data = cfg.data
+        resolved = OmegaConf.to_container(data, resolve=True)
+        blob = OmegaConf.to_yaml(OmegaConf.create({k: v for k, v in resolved.items() if k not in NOT_PREPARED}))
+        if blob in seen:
+            continue
+        seen.add(blob)
+        out[f"{cfg.phase.name}/{cfg.supervision.name} #{len(out)}"] = data
+    return out
+
+
+def prepare_data(data_cfg: DictConfig) -> None:
+    """Generate, validate and preprocess one data config into its cache: ``data.workers=auto`` uses every
+    CPU (no job runs yet: ``concurrent_jobs`` is 1 here); a number of workers is kept as it is."""
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    data_cfg = data_cfg.copy()
+    with open_dict(data_cfg):
+        data_cfg.concurrent_jobs = 1
+    instantiate(data_cfg, _convert_="all").prepare_data()
