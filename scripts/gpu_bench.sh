@@ -16,7 +16,8 @@
 # "UP:strong UP:weak CMP:strong CMP:weak NP:strong NP:weak"; concurrent mode runs the product of the
 # listed phases and supervisions), GPU_BENCH_MODE (concurrent | sequential), GPU_BENCH_STAGES (default
 # "prepare sweep profile bench"; also: layout = time both memory layouts first and run the sweep with the
-# faster callbacks.speed layout, warm = the sweep again over the same data and cache), GPU_BENCH_PROCS
+# faster callbacks.speed layout, warm = the sweep again over the same data and cache, kfold = the jobs in
+# 5 folds each, concurrent mode), GPU_BENCH_PROCS
 # (step_profile concurrency, default 1,6),
 # GPU_BENCH_SECTIONS / GPU_BENCH_SUPS (src.bench sections and supervisions), GPU_BENCH_EXTRA (extra
 # Hydra overrides).
@@ -143,7 +144,7 @@ run_sweep() {
     [ "$DRY" = "1" ] && CONC=(hydra/launcher=joblib "hydra.launcher.n_jobs=$n" "data.concurrent_jobs=$n" data.workers=auto)
     # the multirun's own folder layout: <n>_<phase>_<supervision>
     $PY -m src.train -m "phase=$phases" "supervision=$sups" "${COMMON[@]}" "${CONC[@]}" "${TP[@]}" \
-      "hydra.sweep.dir=$sweep" > "$slog" 2>&1 || { echo "sweep failed; last lines:"; tail -n 40 "$slog"; }
+      "${SWEEP_EXTRA[@]}" "hydra.sweep.dir=$sweep" > "$slog" 2>&1 || { echo "sweep failed; last lines:"; tail -n 40 "$slog"; }
     for d in "$sweep"/*_*_*/; do
       [ -f "$d/train.log" ] || continue
       # per job: first and last line of its own log (start of the job -> its end)
@@ -178,7 +179,9 @@ TP=("+callbacks.throughput._target_=src.callbacks.throughput.ThroughputMonitor"
 SWEEP="$LOG/sweep"
 SWEEP_S=0
 WARM_S=0
-if has sweep || has warm; then
+KFOLD_S=0
+SWEEP_EXTRA=()
+if has sweep || has warm || has kfold; then
   SMI_PID=""
   if command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
@@ -194,6 +197,14 @@ if has sweep || has warm; then
     stage "3w warm sweep (same data and cache)"
     run_sweep "$LOG/sweep_warm" "$LOG/sweep_warm.log" WARM_S
     stage "3w warm sweep done in ${WARM_S} s"
+  fi
+  # kfold: the same jobs in 5 folds each (data.split.scheme=kfold), jobs at once as the sweep (concurrent mode)
+  if has kfold; then
+    stage "3k k-fold sweep: ${JOBS} x 5 folds (${EPOCHS} epochs each, same data and cache)"
+    SWEEP_EXTRA=(data.split.scheme=kfold "data.split.fold=0,1,2,3,4")
+    run_sweep "$LOG/sweep_kfold" "$LOG/sweep_kfold.log" KFOLD_S
+    SWEEP_EXTRA=()
+    stage "3k k-fold sweep done in ${KFOLD_S} s"
   fi
   [ -n "$SMI_PID" ] && kill "$SMI_PID" 2>/dev/null || true
 fi
@@ -218,10 +229,11 @@ if has bench; then
 fi
 
 stage "6 summary"
-$PY - "$SWEEP" "$SWEEP_S" "$MODE" "$WARM_S" <<'EOF' 2>&1 | tee "$LOG/summary.md"
+$PY - "$SWEEP" "$SWEEP_S" "$MODE" "$WARM_S" "$KFOLD_S" <<'EOF' 2>&1 | tee "$LOG/summary.md"
 import json, sys
 from pathlib import Path
 sweep, total, mode, warm = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+kfold = float(sys.argv[5])
 log = sweep.parent
 
 
@@ -246,12 +258,17 @@ if (log / "layout.json").exists():
 if warm:
     print()
     out.update({"warm_sweep_s": warm, "warm_jobs": table(log / "sweep_warm", f"{mode}, warm cache")})
+if kfold:
+    print()
+    out.update({"kfold_sweep_s": kfold, "kfold_jobs": table(log / "sweep_kfold", f"{mode}, 5 folds")})
 if (log / "prepare.json").exists():
     out.update(json.loads((log / "prepare.json").read_text()))
     print(f"\ncohort generation + preprocessing (all CPUs): {out['prepare_s']:.1f} s")
 print(f"sweep wall time: {total:.1f} s ({total / 60:.2f} min)")
 if warm:
     print(f"warm sweep wall time (same data and cache): {warm:.1f} s ({warm / 60:.2f} min)")
+if kfold:
+    print(f"k-fold sweep wall time (5 folds, same data and cache): {kfold:.1f} s ({kfold / 60:.2f} min)")
 util = log / "gpu_util.csv"
 if util.exists() and util.stat().st_size:
     vals = [[float(v) for v in ln.split(",")[1:3]] for ln in util.read_text().splitlines() if ln.count(",") >= 2]
