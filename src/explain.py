@@ -47,7 +47,10 @@ def load_net(cfg: DictConfig, ckpt_path: str | Path):
 
     from src.utils.runtime import load_checkpoint_state
 
-    net = instantiate(cfg.model.net)
+    net_cfg = OmegaConf.to_container(cfg.model.net, resolve=True)
+    if "pretrained" in net_cfg:  # the checkpoint holds every weight
+        net_cfg["pretrained"] = None
+    net = instantiate(net_cfg)
     net.load_state_dict(load_checkpoint_state(ckpt_path))
     return net.eval()
 

@@ -103,7 +103,8 @@ def load_network(ckpt: Path, net_cfg: dict):
     from src.errors import InputError
     from src.utils.runtime import load_checkpoint_state
 
-    net = instantiate(net_cfg)
+    # the checkpoint holds every weight: a pretrained file the job started from is not needed here
+    net = instantiate({**net_cfg, "pretrained": None} if "pretrained" in net_cfg else net_cfg)
     try:
         net_sd = load_checkpoint_state(ckpt)
     except ValueError as exc:

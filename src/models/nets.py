@@ -16,12 +16,20 @@ import torch.nn as nn
 
 
 def resnet18(spatial_dims: int, in_channels: int = 1, num_classes: int = 2, conv1_t_size: int = 7,
-             conv1_t_stride: int = 2, no_max_pool: bool = False, widen_factor: float = 1.0) -> nn.Module:
+             conv1_t_stride: int = 2, no_max_pool: bool = False, widen_factor: float = 1.0,
+             shortcut_type: str = "B", pretrained: str | None = None) -> nn.Module:
+    """MONAI's ResNet-18; ``pretrained``: a local weights file (torchvision 2D or MedicalNet 3D layout,
+    ``src/models/pretrained.py``), the classifier left freshly initialised."""
     from monai.networks.nets import resnet18 as monai_resnet18
 
-    return monai_resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
-                          conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool,
-                          widen_factor=widen_factor, pretrained=False)
+    net = monai_resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
+                         conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool,
+                         widen_factor=widen_factor, shortcut_type=shortcut_type, pretrained=False)
+    if pretrained:
+        from src.models.pretrained import load_pretrained
+
+        load_pretrained(net, pretrained)
+    return net
 
 
 def mil_resnet18(in_channels: int = 1, num_classes: int = 2, mil_mode: str = "att", conv1_t_size: int = 7,
