@@ -59,7 +59,7 @@ def adapt(net: nn.Module, weights: dict[str, torch.Tensor], path: str | Path) ->
             if key.endswith("downsample.0.bias"):  # torchvision: no bias there, i.e. zero
                 out[key] = torch.zeros_like(mine)
                 continue
-            raise InputError(f"pretrained weights lack '{key}' (a different architecture? see src/models/pretrained.py)",
+            raise InputError(f"pretrained weights lack '{key}' (a different architecture? src/models/pretrained.py)",
                              path=str(path))
         if key == "conv1.weight" and theirs.dim() == mine.dim() and theirs.shape[1] == 3 and mine.shape[1] == 1:
             theirs = theirs.sum(dim=1, keepdim=True)  # RGB stem -> one channel
