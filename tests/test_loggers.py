@@ -41,6 +41,6 @@ def test_one_mlflow_run_per_job_grouped_by_sweep(tracked_jobs):
     assert sorted(r.info.run_name for r in runs) == ["CMP_strong_fold0_seed0", "CMP_strong_fold1_seed0"]
     by_fold = {r.data.tags["fold"]: r for r in runs}
     assert set(by_fold) == {"0", "1"} and all(r.data.tags["model"] == "CMP_strong" for r in runs)
-    for (job, metrics), fold in zip(jobs, ("0", "1")):
+    for (_, metrics), fold in zip(jobs, ("0", "1")):
         assert by_fold[fold].data.metrics["test_auc"] == pytest.approx(metrics["test_auc"])
         assert by_fold[fold].info.status == "FINISHED"
