@@ -71,7 +71,7 @@ def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN and not runtime.is_ddp_child()
     if cfg.get("resume", False) and runtime.job_status(job_dir) == "done":
         log.info("resume: %s is finished, skipped", job_dir.name)
-        return runtime.load_metrics(job_dir).get("test_auc")
+        return _objective(cfg, runtime.load_metrics(job_dir))
     (job_dir / "error.txt").unlink(missing_ok=True)
     with runtime.job_scope(job_dir):
         try:
@@ -89,7 +89,21 @@ def main(cfg: DictConfig) -> float | None:
                 print(f"error: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
             raise
-    return metrics.get("test_auc")
+    return _objective(cfg, metrics)
+
+
+def _objective(cfg: DictConfig, metrics: dict) -> float | None:
+    """The job's value for a sweeper: ``optimized_metric`` (validation AUC by default); a test metric is
+    refused (a search must never see the testing set); NaN (e.g. a one-class validation set) is None."""
+    import math
+
+    from src.errors import InputError
+
+    key = str(cfg.get("optimized_metric") or "val_auc")
+    if key.startswith("test_"):
+        raise InputError(f"optimized_metric={key}: a search must not optimise a test metric (use val_*)")
+    value = metrics.get(key)
+    return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
 if __name__ == "__main__":

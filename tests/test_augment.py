@@ -63,3 +63,16 @@ def test_only_training_batches_are_augmented(tmp_path):
         dm.trainer = SimpleNamespace(training=training, global_step=2, global_rank=0)
         out = dm.on_after_batch_transfer({"image": batch["image"].clone()}, 0)
         assert (not torch.equal(out["image"], batch["image"])) == changed
+
+
+def test_strength_scales_the_magnitudes(augment_cfg):
+    x = torch.randn(4, 1, 32, 32)
+    base = BatchAugmentation(augment_cfg, (32, 32), seed=0)(x, step=2)
+    same = BatchAugmentation({**augment_cfg, "strength": 1.0}, (32, 32), seed=0)(x, step=2)
+    assert torch.equal(base, same)  # 1 = as configured
+    still = {**augment_cfg, "strength": 0.0, "angles_deg": [0], "flip_prob": 0.0}
+    y = BatchAugmentation(still, (32, 32), seed=0)(x, step=2)
+    assert torch.allclose(y, x, atol=1e-5)  # no rotation or flip, and every magnitude zero: the identity
+    strong = BatchAugmentation({**still, "strength": 2.0}, (32, 32), seed=0)(x, step=2)
+    weak = BatchAugmentation({**still, "strength": 0.5}, (32, 32), seed=0)(x, step=2)
+    assert (strong - x).abs().mean() > (weak - x).abs().mean() > 0

@@ -20,7 +20,9 @@ import torch
 
 def build_transform(cfg: dict, size):
     """The MONAI ``Compose`` of ``cfg`` (the ``data.augment`` group) for images of spatial ``size``
-    (2D slices or 3D ROIs); ``translate`` is a fraction of each side."""
+    (2D slices or 3D ROIs); ``translate`` is a fraction of each side. ``strength`` scales every
+    magnitude (rotation jitter, scale, translation, intensity scale and shift, noise SD), not the
+    probabilities nor the fixed rotation angles: one knob for a search (1 = as configured)."""
     from monai.transforms import (
         Compose,
         Identityd,
@@ -42,17 +44,18 @@ def build_transform(cfg: dict, size):
                  Rotated(keys="image", angle=about_axial(math.radians(float(a))), keep_size=True,
                          padding_mode="border", mode="bilinear")
                  for a in cfg["angles_deg"]]
-    jitter = math.radians(float(cfg["rotate_jitter_deg"]))
+    k = float(cfg.get("strength", 1.0))
+    jitter = math.radians(float(cfg["rotate_jitter_deg"]) * k)
     return Compose([
         OneOf(rotations),
         RandAffined(keys="image", prob=float(cfg["affine_prob"]), rotate_range=about_axial(jitter),
-                    scale_range=[float(cfg["scale"])] * spatial_dims,
-                    translate_range=[float(cfg["translate"]) * int(n) for n in size],
+                    scale_range=[float(cfg["scale"]) * k] * spatial_dims,
+                    translate_range=[float(cfg["translate"]) * k * int(n) for n in size],
                     padding_mode="border", mode="bilinear"),
         RandFlipd(keys="image", prob=float(cfg["flip_prob"]), spatial_axis=0),
-        RandScaleIntensityd(keys="image", factors=float(cfg["intensity_scale"]), prob=1.0),
-        RandShiftIntensityd(keys="image", offsets=float(cfg["intensity_shift"]), prob=1.0),
-        RandGaussianNoised(keys="image", prob=float(cfg["noise_prob"]), std=float(cfg["noise_std"])),
+        RandScaleIntensityd(keys="image", factors=float(cfg["intensity_scale"]) * k, prob=1.0),
+        RandShiftIntensityd(keys="image", offsets=float(cfg["intensity_shift"]) * k, prob=1.0),
+        RandGaussianNoised(keys="image", prob=float(cfg["noise_prob"]), std=float(cfg["noise_std"]) * k),
     ])
 
 
