@@ -191,3 +191,52 @@ def test_quiet_warnings_drops_only_the_listed_library_warnings():
         warnings.warn_explicit(msg, DeprecationWarning, "mine.py", 1, module="src.models.module")  # ours: kept
         warnings.warn_explicit("other", UserWarning, "_pytree.py", 22, module="lightning.pytorch.utilities._pytree")
     assert [(str(w.message)[:5], w.filename) for w in caught] == [("`isin", "mine.py"), ("other", "_pytree.py")]
+
+
+class _Stderr:
+    def __init__(self, tty: bool):
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):  # tqdm writes here in the interactive case
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty,ci,expect", [(True, None, True), (True, "true", False), (True, "0", True),
+                                           (False, None, False)])
+def test_interactive_means_a_terminal_outside_ci(monkeypatch, tty, ci, expect):
+    from src.utils.console import interactive
+
+    monkeypatch.setattr(sys, "stderr", _Stderr(tty))
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    assert interactive() is expect
+    assert OmegaConf.create({"bar": "${interactive:}"}).bar is expect  # the trainer's enable_progress_bar
+
+
+def test_progress_is_plain_log_lines_when_not_interactive(monkeypatch, caplog):
+    from src.utils.console import progress
+
+    monkeypatch.setattr(sys, "stderr", _Stderr(False))
+    log = logging.getLogger("test.progress")
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        assert list(progress(range(7), 7, "cohort", log, every=3)) == list(range(7))
+    assert [r.getMessage() for r in caplog.records] == ["cohort: 3/7", "cohort: 6/7", "cohort: 7/7"]
+
+
+def test_progress_is_a_bar_in_a_terminal(monkeypatch, caplog):
+    from src.utils.console import progress
+
+    monkeypatch.setattr(sys, "stderr", _Stderr(True))
+    monkeypatch.delenv("CI", raising=False)
+    log = logging.getLogger("test.progress")
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        assert list(progress(range(5), 5, "cohort", log, every=1)) == list(range(5))
+    assert not caplog.records  # the bar replaces the log lines

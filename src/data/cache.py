@@ -107,16 +107,18 @@ def fill_caches(entries: list, workers: int = 0) -> int:
     """Preprocess every ``(PreprocessCache, case)`` entry not yet cached, of one cache or of several (the
     jobs of a sweep); return how many were computed. With ``workers`` > 1 in that many spawned processes
     (no forked OpenMP state; one thread each; the first error stops)."""
+    from src.utils.console import progress
+
     todo = [(cache, case, key) for cache, case in entries if (key := cache.key(case)) not in cache.arrays]
     n = min(int(workers), len(todo))
     if n <= 1:
-        for cache, case, key in todo:
+        for cache, case, key in progress(todo, len(todo), "preprocessing"):
             cache.arrays.save(key, cache.compute(case))
     else:
         from src.utils.pool import process_pool
 
         with process_pool(n) as pool:
-            for _ in pool.map(_fill_one, todo, chunksize=1):
+            for _ in progress(pool.map(_fill_one, todo, chunksize=1), len(todo), "preprocessing"):
                 pass
     return len(todo)
 

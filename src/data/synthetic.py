@@ -179,19 +179,17 @@ def build_cohort(out_dir: str | os.PathLike, write_patient, jobs: list[tuple], r
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "images").mkdir(parents=True)
         (tmp / "masks").mkdir()
+        from src.utils.console import progress
+
         jobs = [(*job, tmp) for job in jobs]
         workers = min(int(workers), len(jobs))
         if workers > 1:
             from src.utils.pool import process_pool
 
             with process_pool(workers) as pool:
-                rows = list(pool.map(write_patient, jobs, chunksize=1))
+                rows = list(progress(pool.map(write_patient, jobs, chunksize=1), len(jobs), what, log))
         else:
-            rows = []
-            for i, job in enumerate(jobs):
-                rows.append(write_patient(job))
-                if log is not None and (i + 1) % 50 == 0:
-                    log.info("%s: %d/%d patients", what, i + 1, len(jobs))
+            rows = [write_patient(job) for job in progress(jobs, len(jobs), what, log)]
         pd.DataFrame(rows).to_csv(tmp / "manifest.csv", index=False)
         (tmp / "README.txt").write_text(readme)
         try:

@@ -5,6 +5,8 @@
   are decided: every such key in ``conf/`` names its two values, so a trainer preset only sets
   ``accelerator`` and any key can still be set by hand.
 - ``${basename:PATH}``: the last component of a path.
+- ``${interactive:}``: true in a terminal a person watches (``src.utils.console.interactive``): progress
+  bars there, plain log lines under CI or in a log file.
 """
 from __future__ import annotations
 
@@ -22,3 +24,6 @@ def if_gpu(accelerator, on_gpu, otherwise):
 def register() -> None:
     OmegaConf.register_new_resolver("if_gpu", if_gpu, replace=True)
     OmegaConf.register_new_resolver("basename", lambda p: Path(str(p)).name, replace=True)
+    from src.utils.console import interactive
+
+    OmegaConf.register_new_resolver("interactive", interactive, replace=True)
