@@ -15,7 +15,6 @@ coronal and sagittal mid-planes (z-scored ROI; the cache holds no ROI mask). Pri
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -162,25 +161,10 @@ def explain(opts: DictConfig) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src.errors import InputError
+    from src.utils.cli import dotlist_main
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
-    args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        print(CONF.read_text(encoding="utf-8"))
-        return 0
-    opts = OmegaConf.merge(OmegaConf.load(CONF), OmegaConf.from_dotlist(args))
-    try:
-        if OmegaConf.is_missing(opts, "ckpt_path"):
-            raise InputError("ckpt_path=... is required")
-        paths = explain(opts)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(path)
-    return 0
+    return dotlist_main(__doc__, CONF, explain, argv)
 
 
 if __name__ == "__main__":

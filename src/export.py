@@ -18,10 +18,9 @@ and nothing is written. Options: ``conf/export.yaml``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "export.yaml"
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
@@ -125,23 +124,9 @@ def export(opts: DictConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src.errors import InputError
+    from src.utils.cli import dotlist_main
 
-    args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        print(CONF.read_text(encoding="utf-8"))
-        return 0
-    opts = OmegaConf.merge(OmegaConf.load(CONF), OmegaConf.from_dotlist(args))
-    try:
-        if OmegaConf.is_missing(opts, "ckpt_path"):
-            raise InputError("ckpt_path=... is required")
-        path = export(opts)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return dotlist_main(__doc__, CONF, export, argv)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def hybrid_patient(spec: HybridSpec, background: tuple[str, Path, Path], index: 
     from scipy import ndimage as ndi
 
     from src.data.manifest import grade_label
-    from src.data.synthetic_grade import draw_features, oracle_llr
+    from src.data.synthetic_grade import draw_clinical, draw_features, oracle_llr
     from src.data.synthetic_tumour import render_tumour, tumour_axes
 
     name, ct_path, labels_path = background
@@ -207,9 +207,7 @@ def hybrid_patient(spec: HybridSpec, background: tuple[str, Path, Path], index: 
     mask = np.zeros(spec.shape, np.uint8)
     mask[patch.box][patch.inside] = 1
     columns = {
-        "age": int(np.clip(round(rng.normal(57.5, 12)), 22, 88)),
-        "sex": "M" if rng.random() < 0.63 else "F",
-        "diameter_cm": round(features["diameter_mm"] / 10.0, 2),
+        **draw_clinical(features, rng),
         "side": side,
         "site": name,
         "background": name,

@@ -34,7 +34,7 @@ import numpy as np
 from src.data.io import write_image
 from src.data.manifest import PHASES, grade_label  # the generator writes every one of the paper's phases
 from src.data.synthetic_anatomy import anatomy
-from src.data.synthetic_grade import NECROSIS_HU, TEXTURE_HU, TUMOUR_HU, draw_features, oracle_llr
+from src.data.synthetic_grade import NECROSIS_HU, TEXTURE_HU, TUMOUR_HU, draw_clinical, draw_features, oracle_llr
 from src.data.synthetic_tumour import render_tumour, tumour_axes
 
 GENERATOR_VERSION = 3  # bump whenever what is generated changes (part of the cohort folder key)
@@ -111,9 +111,7 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
     mask[patch.box][patch.inside] = 1
 
     columns = {
-        "age": int(np.clip(round(rng.normal(57.5, 12)), 22, 88)),
-        "sex": "M" if rng.random() < 0.63 else "F",
-        "diameter_cm": round(features["diameter_mm"] / 10.0, 2),
+        **draw_clinical(features, rng),
         "side": "left" if side == 1 else "right",
         "site": spec.sites[index % len(spec.sites)],
     }

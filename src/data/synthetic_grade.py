@@ -68,3 +68,12 @@ def oracle_llr(features: dict[str, float], phase: str) -> float:
     """log p(features | high) - log p(features | low) over the features ``phase`` shows."""
     return float(sum(DISTRIBUTIONS[1][k].logpdf(features[k]) - DISTRIBUTIONS[0][k].logpdf(features[k])
                      for k in PHASE_FEATURES[phase]))
+
+
+def draw_clinical(features: dict[str, float], rng: np.random.Generator) -> dict:
+    """The synthetic clinical columns of a patient (age, sex, maximum diameter in cm): age ~ N(57.5, 12)
+    clipped to 22-88, 63 % male (the paper's cohort), the planted diameter. Not related to the grade
+    beyond the diameter."""
+    return {"age": int(np.clip(round(rng.normal(57.5, 12)), 22, 88)),
+            "sex": "M" if rng.random() < 0.63 else "F",
+            "diameter_cm": round(features["diameter_mm"] / 10.0, 2)}
