@@ -6,22 +6,29 @@ the preprocessing parameters and ``CACHE_VERSION``. Change any of them and the e
 otherwise a second run reads the cache and does no preprocessing at all.
 
 An entry is a folder ``root/<key[:2]>/<key>/`` with one ``<name>.npy`` per array (2D slices are
-stored float16, 3D ROIs float32). ``load`` returns them memory-mapped (``mmap_mode='r'``): nothing
-is read until a sample is used, the pages live in the OS page cache (shared by DataLoader workers
-and by the jobs of a sweep) and a cohort's resident memory does not grow with its size. Entries
-are written into a temporary folder and renamed, so a crash never leaves a partial entry.
+stored float16, 3D ROIs float32) and ``checksums.json`` (each file's size and SHA-256, recorded at
+write). ``load`` returns them memory-mapped (``mmap_mode='r'``): nothing is read until a sample is
+used, the pages live in the OS page cache (shared by DataLoader workers and by the jobs of a sweep)
+and a cohort's resident memory does not grow with its size. Entries are written into a temporary
+folder and renamed, so a crash never leaves a partial entry. Before a job uses the cache, every
+entry it needs is checked against its record (``data.cache_verify``: ``checksum``, the default, or
+``size``); a truncated or altered entry is recomputed with one warning naming the patient, never used.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 3  # part of every key: bump it when what preprocessing writes changes
+CACHE_VERSION = 4  # part of every key: bump it when what preprocessing writes changes
+RECORD = "checksums.json"
+VERIFY_MODES = ("checksum", "size")
+log = logging.getLogger(__name__)
 
 
 def fingerprint(path: str | os.PathLike) -> list:
@@ -62,13 +69,54 @@ class ArrayCache:
         tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        record = {}
         for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+            f = tmp / f"{name}.npy"
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+            record[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        (tmp / RECORD).write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
         try:
             os.replace(tmp, path)
         except OSError:  # another process wrote the same entry first (non-empty target): keep it
             shutil.rmtree(tmp, ignore_errors=True)
         return path
+
+    def problem(self, key: str, verify: str = "checksum") -> str | None:
+        """Why the entry cannot be used (None when it matches the record written with it): files
+        missing or added, a size or (``verify='checksum'``) a SHA-256 that differs."""
+        path = self.path(key)
+        try:
+            record = json.loads((path / RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"no readable {RECORD}"
+        present = {f.name for f in path.glob("*.npy")}
+        if present != set(record):
+            return f"files {sorted(present ^ set(record))} differ from the record"
+        for name, want in sorted(record.items()):
+            f = path / name
+            if f.stat().st_size != want["bytes"]:
+                return f"{name} is {f.stat().st_size} bytes, {want['bytes']} when written"
+            if verify == "checksum" and _sha256(f) != want["sha256"]:
+                return f"{name} was altered (SHA-256 differs from the one recorded at write)"
+        return None
+
+    def discard(self, key: str) -> None:
+        """Move a bad entry aside and delete it (a reader that opened it keeps its files)."""
+        path = self.path(key)
+        aside = path.with_name(f".{key}.{os.getpid()}.bad")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class PreprocessCache:
@@ -76,9 +124,13 @@ class PreprocessCache:
     :meth:`key`, filled by :meth:`fill` (in this process or in worker processes)."""
 
     def __init__(self, root: str | os.PathLike, phase: str, supervision: str, params: dict,
-                 tumour_label: int | None = None):
+                 tumour_label: int | None = None, verify: str = "checksum"):
+        if verify not in VERIFY_MODES:
+            from src.errors import InputError
+
+            raise InputError(f"data.cache_verify must be one of {', '.join(VERIFY_MODES)}, got '{verify}'")
         self.phase, self.supervision, self.tumour_label = phase, supervision, tumour_label
-        self.params = dict(params)
+        self.params, self.verify = dict(params), verify
         self.arrays = ArrayCache(Path(root) / supervision)
 
     def key(self, case) -> str:
@@ -109,7 +161,17 @@ def fill_caches(entries: list, workers: int = 0) -> int:
     (no forked OpenMP state; one thread each; the first error stops)."""
     from src.utils.console import progress
 
-    todo = [(cache, case, key) for cache, case in entries if (key := cache.key(case)) not in cache.arrays]
+    todo = []
+    for cache, case in entries:
+        key = cache.key(case)
+        if key in cache.arrays:
+            problem = cache.arrays.problem(key, cache.verify)
+            if problem is None:
+                continue
+            log.warning("cache entry of patient %s (%s %s) is damaged: %s; recomputed", case.patient_id,
+                        cache.phase, cache.supervision, problem)
+            cache.arrays.discard(key)
+        todo.append((cache, case, key))
     n = min(int(workers), len(todo))
     if n <= 1:
         for cache, case, key in progress(todo, len(todo), "preprocessing"):

@@ -47,7 +47,7 @@ class GradeDataModule(L.LightningDataModule):
 
     def __init__(self, source, phase: str, supervision: str, cache_dir: str, preprocess: dict, split: dict,
                  loader: dict, validation: dict, augment: dict, tumour_label: int | None = None, seed: int = 0,
-                 workers: int | str = 0, concurrent_jobs: int = 1):
+                 workers: int | str = 0, concurrent_jobs: int = 1, cache_verify: str = "checksum"):
         super().__init__()
         self.source, self.phase, self.supervision = source, phase, check_supervision(supervision)
         self.cache_root = Path(cache_dir)
@@ -56,7 +56,8 @@ class GradeDataModule(L.LightningDataModule):
         self.batch_size = int(loader["batch_size"])
         self.tumour_label, self.seed = tumour_label, int(seed)
         self.workers, self.concurrent_jobs = workers, max(1, int(concurrent_jobs))
-        self.cache = PreprocessCache(self.cache_root, phase, PREPROCESSING[supervision], self.pp, tumour_label)
+        self.cache = PreprocessCache(self.cache_root, phase, PREPROCESSING[supervision], self.pp, tumour_label,
+                                     verify=cache_verify)
         self.stats = {"preprocessed": 0, "cached": 0}
         self.patient_ids: list[str] = []
         self.splits: dict[str, str] = {}

@@ -1,0 +1,69 @@
+"""Faults of the environment under the program: a cache entry truncated or altered on disk is detected
+against the record written with it and recomputed, with one warning naming the patient."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from tests.conftest import compose_datamodule
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    dm = compose_datamodule(["supervision=strong", "phase=CMP"], tmp_path)
+    dm.prepare_data()
+    return dm, tmp_path
+
+
+def _entry(dm, patient: int):
+    from src.data.manifest import cases_for_phase
+
+    case = cases_for_phase(dm.manifest_path(), "CMP")[patient]
+    return case, dm.cache.arrays.path(dm.cache.key(case))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "alter", "delete_record", "extra_file"])
+def test_a_damaged_cache_entry_is_recomputed_with_one_warning(prepared, damage, caplog):
+    dm, root = prepared
+    case, entry = _entry(dm, 3)
+    rois = entry / "rois.npy"
+    good = np.load(rois)
+    data = rois.read_bytes()
+    if damage == "truncate":
+        rois.write_bytes(data[: len(data) // 2])
+    elif damage == "alter":  # same size, one value changed: only the checksum sees it
+        arr = np.load(rois)
+        arr.flat[7] += 1.0
+        np.save(rois, arr)
+        assert rois.stat().st_size == len(data)
+    elif damage == "delete_record":
+        (entry / "checksums.json").unlink()
+    else:
+        np.save(entry / "stray.npy", np.zeros(3))
+    again = compose_datamodule(["supervision=strong", "phase=CMP"], root)
+    with caplog.at_level(logging.WARNING, logger="src.data.cache"):
+        again.prepare_data()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "src.data.cache"]
+    assert len(warnings) == 1 and case.patient_id in warnings[0] and "recomputed" in warnings[0]
+    assert again.stats["preprocessed"] == 1  # only the damaged patient
+    assert np.array_equal(np.load(rois), good) and again.cache.arrays.problem(again.cache.key(case)) is None
+
+
+def test_size_only_verification_misses_an_altered_value(prepared, caplog):
+    dm, root = prepared
+    case, entry = _entry(dm, 2)
+    arr = np.load(entry / "rois.npy")
+    arr.flat[0] += 1.0
+    np.save(entry / "rois.npy", arr)
+    assert dm.cache.arrays.problem(dm.cache.key(case), "size") is None  # the cheaper check's limit
+    assert "altered" in dm.cache.arrays.problem(dm.cache.key(case), "checksum")
+
+
+def test_unknown_verification_mode_is_a_clear_error(tmp_path):
+    from src.data.cache import PreprocessCache
+    from src.errors import InputError
+
+    with pytest.raises(InputError, match="data.cache_verify must be one of checksum, size, got 'none'"):
+        PreprocessCache(tmp_path, "CMP", "strong", {}, verify="none")
