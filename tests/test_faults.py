@@ -67,3 +67,36 @@ def test_unknown_verification_mode_is_a_clear_error(tmp_path):
 
     with pytest.raises(InputError, match="data.cache_verify must be one of checksum, size, got 'none'"):
         PreprocessCache(tmp_path, "CMP", "strong", {}, verify="none")
+
+
+def test_two_fillers_at_once_compute_each_entry_once(tmp_path):
+    """Two processes (two sweeps) prepare the same cohort and cache at the same moment: both finish, the
+    entries are computed once in all, and every entry matches its record."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from src.data.synthetic import SyntheticSpec, generate_cohort
+
+    manifest = generate_cohort(tmp_path / "cohort", SyntheticSpec(n_patients=12, shape=(40, 40, 14)))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from tests.conftest import compose_datamodule
+        dm = compose_datamodule(["data=manifest", "data.source.manifest={manifest}", "supervision=weak"],
+                                __import__("pathlib").Path({str(tmp_path)!r}))
+        dm.prepare_data()
+        print("computed", dm.stats["preprocessed"])
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-800:] for o in outs]
+    computed = sorted(int(o[0].split("computed")[-1]) for o in outs)
+    assert computed == [0, 12]  # one filled, the other waited and found them
+    dm = compose_datamodule(["data=manifest", f"data.source.manifest={manifest}", "supervision=weak"], tmp_path)
+    from src.data.manifest import cases_for_phase
+
+    cases = cases_for_phase(manifest, "CMP")
+    assert all(dm.cache.arrays.problem(dm.cache.key(c)) is None for c in cases)

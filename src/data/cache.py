@@ -158,9 +158,28 @@ class PreprocessCache:
 def fill_caches(entries: list, workers: int = 0) -> int:
     """Preprocess every ``(PreprocessCache, case)`` entry not yet cached, of one cache or of several (the
     jobs of a sweep); return how many were computed. With ``workers`` > 1 in that many spawned processes
-    (no forked OpenMP state; one thread each; the first error stops)."""
+    (no forked OpenMP state; one thread each; the first error stops). A file lock per cache folder and
+    phase makes a second filler (another job or sweep) wait and then find the entries made: each is computed once,
+    and a reader never sees a half-written one (entries appear by rename)."""
+    from filelock import FileLock
+
     from src.utils.console import progress
 
+    folders = sorted({(str(cache.arrays.root), cache.phase) for cache, _ in entries})
+    locks = []
+    for root, phase in folders:  # one filler per cache folder and phase: two sweeps compute each entry once
+        Path(root).mkdir(parents=True, exist_ok=True)
+        locks.append(FileLock(str(Path(root) / f".fill.{phase}.lock")))
+    for lock in locks:
+        lock.acquire()
+    try:
+        return _fill_unlocked(entries, workers, progress)
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+def _fill_unlocked(entries: list, workers: int, progress) -> int:
     todo = []
     for cache, case in entries:
         key = cache.key(case)
