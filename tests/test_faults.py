@@ -100,3 +100,28 @@ def test_two_fillers_at_once_compute_each_entry_once(tmp_path):
 
     cases = cases_for_phase(manifest, "CMP")
     assert all(dm.cache.arrays.problem(dm.cache.key(c)) is None for c in cases)
+
+
+@pytest.mark.slow
+def test_a_10000_row_manifest_lists_every_bad_row_at_once(tmp_path):
+    """10,000 patients of tiny files, five rows broken in five ways: one error naming each of them (the
+    time it takes: python scripts/manifest_bench.py)."""
+    import sys
+    from pathlib import Path
+
+    from src.data.validate import validate_cohort
+    from src.errors import InputError
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from manifest_bench import write_large_manifest
+
+    manifest, bad = write_large_manifest(tmp_path / "cohort", 10_000)
+    assert len(bad) == 5
+    with pytest.raises(InputError) as exc:
+        validate_cohort(manifest, "CMP", tmp_path / "cache", workers=2)
+    lines = str(exc.value).splitlines()
+    assert lines[0].startswith("6 input problem(s)")  # the duplicated id is reported on both of its rows
+    body = "\n".join(lines[1:])
+    for needle in ("P00017", "file not found", "P04242", "grade '7'", "P08999", "duplicate patient_id",
+                   "P00555", "mask size (4, 4, 5)", "P07777", "mask contains no tumour"):
+        assert needle in body, needle

@@ -64,7 +64,7 @@ def _plant_problems(root, df):
     df.to_csv(root / "manifest.csv", index=False)
     return {
         "SYN0000": r"images/nope.nii.gz: file not found",
-        "SYN0001": r"SYN0001_CMP.nii.gz: cannot read image header",
+        "SYN0001": r"SYN0001_CMP.nii.gz: not a gzip file",
         "SYN0002": r"SYN0002_CMP.nii.gz: corrupt gzip file",
         "SYN0003": r"SYN0003_mask.nii.gz: mask spacing .* differs from image spacing",
         "SYN0004": r"SYN0004_mask.nii.gz: mask origin .* differs from image origin",

@@ -135,9 +135,13 @@ def pixel_problems(image: sitk.Image, mask: sitk.Image, tumour_label: int | None
 
 def check_pair(image_path, mask_path, patient_id: str | None = None, tumour_label: int | None = None,
                tol: GeometryTolerance | None = None, read_pixels: bool = True) -> list[Problem]:
-    """Every problem of one image/mask pair (headers; voxel data when ``read_pixels``)."""
-    from src.data.io import check_gzip, read_header, read_image
+    """Every problem of one image/mask pair (headers; voxel data when ``read_pixels``). With
+    ``read_pixels`` each file is read once (its header taken from the image read), without it only
+    the headers are."""
+    from src.data.io import read_header
 
+    if read_pixels:
+        return _check_pair_pixels(image_path, mask_path, patient_id, tumour_label, tol)
     probs: list[Problem] = []
     headers = {}
     for what, path in (("image", image_path), ("mask", mask_path)):
@@ -149,17 +153,32 @@ def check_pair(image_path, mask_path, patient_id: str | None = None, tumour_labe
         probs += [Problem(patient_id, str(path), m) for m in header_problems(headers[what], what)]
     if probs:
         return probs
-    probs += [Problem(patient_id, str(mask_path), m) for m in geometry_problems(headers["image"], headers["mask"], tol)]
-    if probs or not read_pixels:
-        return probs
-    imgs = {}
+    return probs + [Problem(patient_id, str(mask_path), m)
+                    for m in geometry_problems(headers["image"], headers["mask"], tol)]
+
+
+def _check_pair_pixels(image_path, mask_path, patient_id, tumour_label, tol) -> list[Problem]:
+    """:func:`check_pair` with the voxel data: each file read once, then its header, the pair's
+    geometry and the voxels checked."""
+    from src.data.io import ImageHeader, check_gzip, read_image
+
+    probs: list[Problem] = []
+    imgs, headers = {}, {}
     for what, path in (("image", image_path), ("mask", mask_path)):
         try:
+            if not Path(path).exists():
+                raise InputError("file not found", patient_id, str(path))
             if str(path).endswith(".gz"):
                 check_gzip(path, patient_id)
             imgs[what] = read_image(path, patient_id)
         except InputError as exc:
             probs.append(Problem(patient_id, str(path), _bare(exc)))
+            continue
+        headers[what] = ImageHeader.of(imgs[what])
+        probs += [Problem(patient_id, str(path), m) for m in header_problems(headers[what], what)]
+    if probs:
+        return probs
+    probs += [Problem(patient_id, str(mask_path), m) for m in geometry_problems(headers["image"], headers["mask"], tol)]
     if probs:
         return probs
     img_p, msk_p = pixel_problems(imgs["image"], imgs["mask"], tumour_label)
