@@ -14,3 +14,22 @@ class InputError(Exception):
             parts.append(f"file {path}")
         prefix = ", ".join(parts)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+DISK_FULL_ERRNOS = (28, 122)  # ENOSPC, EDQUOT
+
+
+class DiskFullError(InputError):
+    """The disk (or quota) filled up while writing ``path``: one line, exit code 2. Files are written to a
+    temporary name and renamed, so every file that existed before is left as it was."""
+
+    def __init__(self, path: str):
+        super().__init__("no space left on device: nothing was replaced (free space, then resume=true)", path=path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError of a full disk or quota, or a library error (torch.save) reporting one."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return "no space left on device" in text or "disk quota exceeded" in text

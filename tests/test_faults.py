@@ -125,3 +125,85 @@ def test_a_10000_row_manifest_lists_every_bad_row_at_once(tmp_path):
     for needle in ("P00017", "file not found", "P04242", "grade '7'", "P08999", "duplicate patient_id",
                    "P00555", "mask size (4, 4, 5)", "P07777", "mask contains no tumour"):
         assert needle in body, needle
+
+
+def _disk_fills_at(monkeypatch, name_part: str):
+    """Writes whose target name contains ``name_part`` fail as on a full disk (ENOSPC), others work."""
+    import errno
+
+    import src.utils.atomic as atomic
+
+    real = atomic._write
+
+    def write(fd, data):
+        import os
+
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if name_part in target:
+            os.close(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(atomic, "_write", write)
+
+
+def test_a_full_disk_while_writing_the_report_keeps_the_old_report(tmp_path, monkeypatch):
+    from src.errors import DiskFullError
+    from src.report import report_options, write_report
+    from tests.test_report import _make_job
+
+    _make_job(tmp_path, 0, "CMP", "strong")
+    report = write_report(tmp_path, report_options(["bootstrap.n=20"]))
+    before = {p.name: p.read_bytes() for p in report.parent.iterdir() if p.is_file()}
+    _disk_fills_at(monkeypatch, "report.md")
+    with pytest.raises(DiskFullError) as exc:
+        write_report(tmp_path, report_options(["bootstrap.n=20"]))
+    assert "\n" not in str(exc.value) and "report.md" in str(exc.value) and "no space left" in str(exc.value)
+    assert (report.parent / "report.md").read_bytes() == before["report.md"]  # intact
+    assert not list(report.parent.glob(".*.tmp"))  # no half-written file left
+
+
+def test_a_full_disk_while_a_job_writes_its_predictions(cfg_factory, tmp_path, monkeypatch):
+    from src.errors import DiskFullError
+    from src.train import train
+
+    cfg = cfg_factory("trainer.max_epochs=1", out=tmp_path / "job")
+    train(cfg)
+    job = tmp_path / "job"
+    before = {p: p.read_bytes() for p in [job / "metrics.json", *sorted((job / "predictions").glob("*.csv"))]}
+    _disk_fills_at(monkeypatch, "test.csv")
+    with pytest.raises(DiskFullError, match="no space left on device"):
+        train(cfg_factory("trainer.max_epochs=1", out=job))
+    for path, data in before.items():
+        assert path.read_bytes() == data, path  # every file that existed before is as it was
+    assert not list(job.rglob(".*.tmp"))
+
+
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import torch
+
+    from src.errors import DiskFullError
+    from src.utils.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1}, path)
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed (No space left on device)")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DiskFullError, match="last.ckpt"):
+        io.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_error_txt_on_a_full_disk_does_not_mask_the_failure(tmp_path, monkeypatch, caplog):
+    from src.utils import runtime
+
+    _disk_fills_at(monkeypatch, "error.txt")
+    with caplog.at_level(logging.ERROR, logger="src.utils.runtime"):
+        runtime.record_failure(tmp_path, ValueError("the real failure"))
+    assert "the real failure" in caplog.text and not (tmp_path / "error.txt").exists()

@@ -9,19 +9,34 @@ import tempfile
 from pathlib import Path
 
 
+def _write(fd: int, data: bytes) -> None:
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file; a full disk is a ``DiskFullError`` naming
+    ``path``, with the old file (if any) intact and no temporary file left."""
+    from src.errors import DiskFullError, is_disk_full
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(str(path)) from None
+        raise
+    try:
+        _write(fd, data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if is_disk_full(exc):
+            raise DiskFullError(str(path)) from None
         raise
     return path
 

@@ -27,5 +27,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except Exception as exc:
+            from src.errors import DiskFullError, is_disk_full
+
+            if is_disk_full(exc):  # the previous checkpoint stays as it was
+                raise DiskFullError(str(path)) from None
+            raise
         finally:
             tmp.unlink(missing_ok=True)

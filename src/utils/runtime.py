@@ -12,6 +12,7 @@ sweep starts clean.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import traceback
 from contextlib import contextmanager
@@ -73,7 +74,14 @@ def record_failure(job_dir: Path, exc: BaseException) -> Path:
     from src.utils.atomic import atomic_write_text
 
     text = f"{type(exc).__name__}: {exc}\n\n" + "".join(traceback.format_exception(exc))
-    return atomic_write_text(job_dir / "error.txt", text)
+    from src.errors import InputError
+
+    try:
+        return atomic_write_text(job_dir / "error.txt", text)
+    except (OSError, InputError) as write_error:  # a full disk: the job's failure is still logged, never masked
+        logging.getLogger(__name__).error("could not write %s (%s); the job failed with: %s", job_dir / "error.txt",
+                                          write_error, exc)
+        return job_dir / "error.txt"
 
 
 def load_metrics(job_dir: Path) -> dict:
