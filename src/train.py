@@ -73,10 +73,15 @@ def main(cfg: DictConfig) -> float | None:
         log.info("resume: %s is finished, skipped", job_dir.name)
         return _objective(cfg, runtime.load_metrics(job_dir))
     (job_dir / "error.txt").unlink(missing_ok=True)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     with runtime.job_scope(job_dir):
         try:
             runtime.check_launcher(cfg, HydraConfig.get())
             metrics = train(cfg)
+        except SIGTERMException:  # preempted: the checkpoint is written (src/callbacks/preemption.py)
+            log.warning("job %s stopped by SIGTERM; rerun with resume=true to continue", job_dir.name)
+            raise SystemExit(143) from None
         except Exception as exc:
             if runtime.is_ddp_child():
                 raise

@@ -183,3 +183,35 @@ def test_job_status(tmp_path):
     assert job_status(tmp_path) == "failed"
     assert (tmp_path / "error.txt").read_text().startswith("ValueError: boom")
     shutil.rmtree(tmp_path / "checkpoints")
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_resumable_checkpoint_and_resume_matches(cfg_factory, tmp_path, data_root, caplog):
+    """A scheduler's SIGTERM in the middle of training: the job writes last.ckpt (inside the epoch when it
+    lands in a training batch) and exits 143; resume=true ends with the uninterrupted run's predictions."""
+    args = ["experiment=smoke", "supervision=strong", "phase=UP", "trainer.max_epochs=3", "data.loader.batch_size=2"]
+    train(cfg_factory(*args[1:], out=tmp_path / "full"))
+    job = tmp_path / "preempted"
+    cmd, env = cli([*args, f"hydra.run.dir={job}", "callbacks.last_checkpoint.every_n_epochs=1"], data_root)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = job / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and torch.load(last, weights_only=True, map_location="cpu")["epoch"] >= 0:
+            break  # epoch 0 is saved: the run is now inside epoch 1
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be preempted"
+    time.sleep(0.3)  # into epoch 1's training batches
+    proc.send_signal(signal.SIGTERM)
+    err, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err and not (job / "metrics.json").exists()
+    state = torch.load(last, weights_only=True, map_location="cpu")
+    with caplog.at_level(logging.INFO):
+        train(cfg_factory(*args[1:], "resume=true", out=job))
+    if "preemption" in state:  # the signal landed in a training batch: a mid-epoch checkpoint
+        assert state["preemption"]["batches"] >= 1
+        assert "resuming inside epoch" in caplog.text
+        print("preempted inside epoch", state["preemption"])
+    assert sha(job / "predictions/test.csv") == sha(tmp_path / "full/predictions/test.csv")
+    assert sha(job / "predictions/train.csv") == sha(tmp_path / "full/predictions/train.csv")

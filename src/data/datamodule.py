@@ -64,6 +64,7 @@ class GradeDataModule(L.LightningDataModule):
         self.datasets: dict[str, BankDataset | BagDataset] = {}
         self.slice_masks: dict[tuple[int, int], np.ndarray] = {}
         self.bank = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already trained) when resumed mid-epoch
         self.intensity_stats: dict | None = None  # preprocess.intensity=zscore_dataset: training-set mean, SD
         self.data_device = torch.device("cpu")
         self.augment = None
@@ -192,6 +193,11 @@ class GradeDataModule(L.LightningDataModule):
                 sampler = PatientBalancedSampler(ds.meta["patient"], num_replicas=replicas, rank=rank, seed=self.seed)
             else:
                 sampler = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+            if self._resume_at is not None:  # resumed inside an epoch (src/callbacks/preemption.py)
+                from src.data.sampling import SkipFirstBatches
+
+                epoch, batches = self._resume_at
+                sampler = SkipFirstBatches(sampler, skip=batches * self._batch(train=True), epoch=epoch)
         elif distributed:
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
@@ -200,10 +206,7 @@ class GradeDataModule(L.LightningDataModule):
         on_host = self.data_device.type == "cpu"
         workers = int(self.loader_cfg["num_workers"]) if on_host else 0
         pin = bool(self.loader_cfg["pin_memory"]) and on_host
-        if self.supervision == "mil":
-            batch = int(self.loader_cfg["bags_per_batch"])
-        else:
-            batch = self.batch_size if train else int(self.loader_cfg["eval_batch_size"])
+        batch = self._batch(train)
         # a last training batch of one sample is dropped: BatchNorm cannot normalise a single sample
         drop_last = train and len(sampler) % batch == 1
         return DataLoader(ds, batch_size=batch, shuffle=False, sampler=sampler, num_workers=workers,
@@ -218,6 +221,16 @@ class GradeDataModule(L.LightningDataModule):
             flat = self.augment(flat, step=trainer.global_step, rank=trainer.global_rank)
             batch["image"] = flat.reshape(images.shape)
         return batch
+
+    def _batch(self, train: bool) -> int:
+        if self.supervision == "mil":
+            return int(self.loader_cfg["bags_per_batch"])
+        return self.batch_size if train else int(self.loader_cfg["eval_batch_size"])
+
+    def resume_mid_epoch(self, epoch: int, batches: int) -> None:
+        """A checkpoint written inside ``epoch`` after ``batches`` training batches: that epoch's loader
+        leaves them out."""
+        self._resume_at = (int(epoch), int(batches))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["fit"], train=True)

@@ -34,3 +34,28 @@ class PatientBalancedSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         draw = torch.multinomial(self.weights, self.num_samples * self.num_replicas, replacement=True, generator=g)
         return iter(draw[self.rank::self.num_replicas].tolist())
+
+
+class SkipFirstBatches(Sampler[int]):
+    """``sampler`` whose iteration in epoch ``epoch`` (once) leaves out its first ``skip`` indices: a job
+    resumed inside an epoch continues with the batches it had not trained yet. ``set_epoch`` and the
+    length are the wrapped sampler's."""
+
+    def __init__(self, sampler, skip: int = 0, epoch: int = -1):
+        self.sampler, self.skip, self.skip_epoch, self.epoch = sampler, int(skip), int(epoch), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        it = iter(self.sampler)
+        if self.skip and self.epoch == self.skip_epoch:
+            self.skip_epoch = -1  # once
+            for _ in range(self.skip):
+                next(it, None)
+        yield from it
+
+    def __len__(self) -> int:
+        return len(self.sampler)
