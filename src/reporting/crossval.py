@@ -45,9 +45,9 @@ def pool(jobs: list[Job], threshold: float | None = None) -> tuple[pd.DataFrame,
 
     ``pred`` = pooled P(high) > threshold (the jobs' ``threshold``, the paper's 0.5 by default).
     Coverage: ``folds`` tested per seed, ``repeats`` patients tested more than once within a seed (0
-    for a proper partition), ``seeds``.
+    for a proper partition), ``seeds``; ``jobs`` pooled.
     """
-    frames, repeats, folds = [], 0, {}
+    frames, folds = [], {}
     for job in jobs:
         sp = job_split(job)
         df = job.patients["test"][["patient_id", "label", "prob_high"]].copy()
@@ -67,7 +67,7 @@ def pool(jobs: list[Job], threshold: float | None = None) -> tuple[pd.DataFrame,
     thr = float(threshold if threshold is not None else jobs[0].metrics.get("threshold", 0.5))
     pooled["pred"] = (pooled["prob_high"] > thr).astype(int)
     facts = {"seeds": sorted(folds, key=str), "folds": {s: sorted(f, key=str) for s, f in folds.items()},
-             "repeats": repeats, "threshold": thr, "per_seed": per_seed}
+             "repeats": repeats, "threshold": thr, "per_seed": per_seed, "jobs": list(jobs)}
     return pooled[["patient_id", "label", "prob_high", "pred", "n_seeds"]], facts
 
 
@@ -82,12 +82,11 @@ def oof_table(sweep: Sweep, pooled: dict | None = None) -> pd.DataFrame:
     from src.reporting.tables import _perf, of_oracle, oracle_perf
 
     pooled = pooled_tables(sweep) if pooled is None else pooled
-    jobs_of = pooled_jobs(sweep)
     order = {p: i for i, p in enumerate(PAPER_PHASE_ORDER)}
     rows = []
     for (phase, sup), (table, facts) in sorted(pooled.items(), key=lambda kv: (SUPERVISIONS.index(kv[0][1]),
                                                                                 order.get(kv[0][0], 99))):
-        jobs = jobs_of[(phase, sup)]
+        jobs = facts["jobs"]
         scheme = job_split(jobs[0])["scheme"]
         job_aucs = np.array([float(j.metrics.get("test_auc", NAN)) for j in jobs])
         seed_aucs = []
