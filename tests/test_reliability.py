@@ -29,6 +29,18 @@ def cli(args, data_root):
             f"paths.cache_dir={data_root}/cache"], env
 
 
+def wait_for_epoch(proc, job: Path, epoch: int, poll_s: float, timeout_s: float = 300) -> Path:
+    """Wait (at most ``timeout_s``) until the running job's ``last.ckpt`` holds ``epoch`` or later, or the
+    process ends; return the checkpoint's path."""
+    last = job / "checkpoints" / "last.ckpt"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and torch.load(last, weights_only=True, map_location="cpu")["epoch"] >= epoch:
+            break
+        time.sleep(poll_s)
+    return last
+
+
 def test_same_seed_same_bytes(cfg_factory, tmp_path):
     a = train(cfg_factory("supervision=weak", "seed=0", out=tmp_path / "a"))
     b = train(cfg_factory("supervision=weak", "seed=0", out=tmp_path / "b"))
@@ -46,12 +58,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(cfg_factory, tmp_path, d
     job = tmp_path / "killed"
     cmd, env = cli([*args, f"hydra.run.dir={job}"], data_root)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = job / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=True, map_location="cpu")["epoch"] >= 1:
-            break  # epoch 1 is saved: the run is now inside epoch 2
-        time.sleep(0.05)
+    last = wait_for_epoch(proc, job, 1, 0.05)  # epoch 1 is saved: the run is now inside epoch 2
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -194,12 +201,7 @@ def test_sigterm_writes_a_resumable_checkpoint_and_resume_matches(cfg_factory, t
     job = tmp_path / "preempted"
     cmd, env = cli([*args, f"hydra.run.dir={job}", "callbacks.last_checkpoint.every_n_epochs=1"], data_root)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    last = job / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=True, map_location="cpu")["epoch"] >= 0:
-            break  # epoch 0 is saved: the run is now inside epoch 1
-        time.sleep(0.02)
+    last = wait_for_epoch(proc, job, 0, 0.02)  # epoch 0 is saved: the run is now inside epoch 1
     assert proc.poll() is None, "the run ended before it could be preempted"
     time.sleep(0.3)  # into epoch 1's training batches
     proc.send_signal(signal.SIGTERM)
