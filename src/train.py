@@ -27,6 +27,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
+    runtime.spare_the_sweep()  # a dying DDP rank fails its job, not the sweep
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule = instantiate(cfg.model)
@@ -49,8 +50,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         else:  # evaluate a given checkpoint
             test_ckpt = cfg.ckpt_path
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
-    except BaseException:
+    except BaseException as exc:
+        failure = runtime.rank_failure(trainer, exc)
         runtime.stop_ddp_children(trainer)  # never leave other ranks waiting on a dead job
+        if failure is not None:
+            raise failure from exc
         raise
     from src.callbacks.predictions import PredictionWriter
 
@@ -90,9 +94,10 @@ def main(cfg: DictConfig) -> float | None:
                 # the sweep's end (SweepReport) collects failed jobs from their error.txt, for any launcher
                 log.error("job %s failed: %s: %s (details in error.txt)", job_dir.name, type(exc).__name__, exc)
                 return None
-            if isinstance(exc, InputError):  # a user error: one line, no traceback
-                print(f"error: {exc}", file=sys.stderr)
-                raise SystemExit(2) from None
+            if isinstance(exc, InputError | runtime.RankFailure):  # one line, no traceback (it is in error.txt)
+                print(f"error: {type(exc).__name__}: {exc}" if isinstance(exc, runtime.RankFailure)
+                      else f"error: {exc}", file=sys.stderr)
+                raise SystemExit(2 if isinstance(exc, InputError) else 1) from None
             raise
     return _objective(cfg, metrics)
 

@@ -44,7 +44,8 @@ def test_trainers_compose(cfg_factory, trainer):
     cfg = cfg_factory(f"trainer={trainer}")
     assert cfg.trainer.use_distributed_sampler is False
     if trainer.startswith("ddp"):
-        assert cfg.trainer.strategy == "ddp"
+        assert cfg.trainer.strategy._target_ == "lightning.pytorch.strategies.DDPStrategy"
+        assert cfg.trainer.strategy.timeout.seconds == 600  # a dead or hung rank ends the job within this
         assert cfg.trainer.sync_batchnorm is (trainer == "ddp")  # SyncBatchNorm needs CUDA
     if trainer == "ddp_cpu":
         assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 2

@@ -91,7 +91,8 @@ def test_submitit_launcher_composes():
     GlobalHydra.instance().clear()
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.tasks_per_node == 8 and cfg.hydra.launcher.nodes == 2
-    assert cfg.trainer.num_nodes == 2 and cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.strategy._target_.endswith("DDPStrategy")
     assert cfg.trainer.sync_batchnorm is True
 
 
@@ -116,3 +117,71 @@ def test_gpu_sweep_preset_composes_and_refuses_ddp():
     runtime.check_launcher(cfg, cfg.hydra)  # single-device jobs are fine
     with pytest.raises(InputError, match="cannot run under hydra/launcher=joblib"):
         runtime.check_launcher(ddp, ddp.hydra)
+
+
+def _job_processes(job_dir: Path) -> list[int]:
+    """PIDs of live processes whose command line names ``job_dir`` (the DDP children of that job)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(job_dir) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _fault(job: str, marker: Path, signum: str) -> list[str]:
+    return ["+callbacks.fault._target_=tests.fault_injection.SignalRank", f"+callbacks.fault.job={job}",
+            f"+callbacks.fault.marker={marker}", f"+callbacks.fault.signum={signum}"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the ranks")
+def test_rank_killed_mid_epoch_fails_its_job_not_the_sweep(tmp_path, data_root):
+    """Rank 1 of 3 SIGKILLed inside epoch 1 of the first job: that job fails at once with a one-line
+    error naming the rank, ranks 0 and 2 leave it, the sweep runs the next job and exits 1; resume=true
+    continues the failed job from its last checkpoint and the sweep then exits 0."""
+    sweep, marker = tmp_path / "sweep", tmp_path / "killed"
+    args = ["-m", "phase=UP", "supervision=strong,weak", "trainer=ddp_cpu", "trainer.devices=3", *SIZES[:2],
+            "trainer.max_epochs=3", "trainer.strategy.timeout.seconds=60", f"hydra.sweep.dir={sweep}"]
+    r = run_cli([*args, *_fault("0_UP_strong", marker, "SIGKILL")], tmp_path, data_root)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "error: 1 job(s) failed: 0_UP_strong" in r.stderr
+    failed, other = sweep / "0_UP_strong", sweep / "1_UP_weak"
+    error = (failed / "error.txt").read_text()
+    first = error.splitlines()[0]
+    assert first.startswith("RankFailure: DDP rank 1 of 3 was killed by SIGKILL during fit (epoch 1)"), first
+    assert "resume=true" in first
+    killed_at = float(marker.read_text().split()[0])
+    assert (failed / "error.txt").stat().st_mtime - killed_at < 10  # noticed at once, far inside the timeout
+    assert not (failed / "metrics.json").exists() and (failed / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((other / "metrics.json").read_text())["n_test"] == 7  # the sweep went on
+    assert _job_processes(failed) == []  # no rank of the failed job is left
+
+    r = run_cli([*args, "resume=true"], tmp_path, data_root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in (failed / "train.log").read_text()
+    assert not (failed / "error.txt").exists()
+    assert json.loads((failed / "metrics.json").read_text())["n_test"] == 7
+    assert len(pd.read_csv(failed / "predictions" / "test.csv")) == 7
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the ranks")
+def test_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path, data_root):
+    """Rank 1 stopped (SIGSTOP) inside epoch 1: rank 0 waits at most trainer.strategy.timeout, then the
+    job fails with a one-line error and the stopped rank is killed."""
+    job, marker, timeout = tmp_path / "job", tmp_path / "stopped", 30  # also bounds the ranks' start-up
+    r = run_cli(["phase=UP", "supervision=strong", "trainer=ddp_cpu", *SIZES[:2], "trainer.max_epochs=3",
+                 f"trainer.strategy.timeout.seconds={timeout}", f"hydra.run.dir={job}",
+                 *_fault(job.name, marker, "SIGSTOP")], tmp_path, data_root)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == "error: " + (job / "error.txt").read_text().splitlines()[0]
+    first = (job / "error.txt").read_text().splitlines()[0]
+    assert first.startswith(f"RankFailure: a DDP rank of 2 did not answer within {timeout} s "
+                            "(trainer.strategy.timeout) during fit (epoch 1): it hung"), first
+    stopped_at, pid = marker.read_text().split()
+    waited = (job / "error.txt").stat().st_mtime - float(stopped_at)
+    assert timeout - 1 < waited < timeout + 10
+    assert not Path(f"/proc/{pid}").exists() and _job_processes(job) == []

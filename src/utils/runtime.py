@@ -44,18 +44,82 @@ def check_launcher(cfg, hydra_cfg) -> None:
     from src.errors import InputError
 
     launcher = str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
-    strategy = str(cfg.get("trainer", {}).get("strategy", ""))
-    if "joblib" in launcher.lower() and "ddp" in strategy:
+    strategy = cfg.get("trainer", {}).get("strategy", "")
+    strategy = str(strategy.get("_target_", "") if hasattr(strategy, "get") else strategy)
+    if "joblib" in launcher.lower() and "ddp" in strategy.lower():
         raise InputError(f"trainer strategy '{strategy}' cannot run under hydra/launcher=joblib (jobs in "
                          "parallel on one device); use the default launcher for multi-GPU jobs")
 
 
+class RankFailure(RuntimeError):
+    """A DDP rank other than this one died or hung: the job is stopped, ``resume=true`` continues it."""
+
+
+def _ddp_children(trainer) -> list:
+    return list(getattr(getattr(trainer.strategy, "launcher", None), "procs", []) or [])
+
+
 def stop_ddp_children(trainer) -> None:
     """Kill the DDP child processes this process launched (after a failure on rank 0)."""
-    for proc in getattr(getattr(trainer.strategy, "launcher", None), "procs", []) or []:
+    for proc in _ddp_children(trainer):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def rank_failure(trainer, exc: BaseException, wait_s: float = 2.0) -> RankFailure | None:
+    """A one-line :class:`RankFailure` naming the rank when one of this job's DDP children has exited
+    with an error (it may take ``wait_s`` to be reaped), or when a collective timed out (a hung rank);
+    None when the failure is this process's own."""
+    import signal
+    import time
+
+    procs = _ddp_children(trainer)
+    if not procs:
+        return None
+    world = len(procs) + 1
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = [(rank, p.returncode) for rank, p in enumerate(procs, start=1) if p.poll() not in (None, 0)]
+        if dead or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    fn = getattr(trainer.state.fn, "value", None) or "the job"
+    where = f"{fn} (epoch {trainer.current_epoch})"
+    if dead:
+        rank, code = dead[0]
+        how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
+               else f"exited with status {code} (its log: rank{rank}.log)")
+        return RankFailure(f"DDP rank {rank} of {world} {how} during {where}; the other ranks were stopped; "
+                           "rerun with resume=true to continue from checkpoints/last.ckpt")
+    if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+        timeout = getattr(trainer.strategy, "_timeout", None)
+        within = f" within {timeout.total_seconds():g} s (trainer.strategy.timeout)" if timeout is not None else ""
+        return RankFailure(f"a DDP rank of {world} did not answer{within} during {where}: it hung or was too slow; "
+                           "the other ranks were stopped; rerun with resume=true to continue from "
+                           "checkpoints/last.ckpt")
+    return None
+
+
+def spare_the_sweep() -> None:
+    """Lightning's child-process observer SIGKILLs the launching process as soon as a DDP child exits
+    with an error. Under a Hydra sweep the launching process is the whole sweep, so one dying rank would
+    end every later job. Its termination is replaced, once per process, by one that kills only the job's
+    ranks: rank 0 then fails on its next collective (at once for a rank that exited, after
+    ``trainer.strategy.timeout`` for a hung one) and the job is recorded as failed."""
+    from lightning.fabric.strategies.launchers import subprocess_script as launcher
+
+    observer = launcher._ChildProcessObserver
+    if getattr(observer, "_spares_the_sweep", False):
+        return
+
+    def terminate_children(self) -> None:
+        for proc in self._child_processes:
+            if proc.poll() is None:
+                proc.send_signal(self._termination_signal)
+
+    observer._terminate_all = terminate_children
+    observer._spares_the_sweep = True
 
 
 def job_status(job_dir: Path) -> str:
