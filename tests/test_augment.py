@@ -37,6 +37,22 @@ def test_same_step_same_draw_other_step_other_draw(augment_cfg):
     assert not torch.equal(a, x)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (12, 12, 12)])
+def test_untracked_metadata_changes_no_value(augment_cfg, size):
+    """The batch augmentation runs MONAI without MetaTensor tracking (its speed): every value equals the
+    same Compose run sample by sample with tracking on, and the global tracking flag is left as it was."""
+    from monai.data import get_track_meta
+
+    aug = BatchAugmentation(augment_cfg, size, seed=0)
+    x = torch.randn(8, 1, *size)
+    for step in range(6):
+        fast = aug(x, step=step)
+        assert get_track_meta() is True
+        aug.transform.set_random_state(seed=step)  # seed 0, rank 0: the per-step seed is the step
+        tracked = torch.stack([aug.transform({"image": x[i]})["image"].as_tensor() for i in range(len(x))])
+        assert torch.equal(fast, tracked), step
+
+
 def test_rotations_are_the_listed_ones(augment_cfg):
     """Only the discrete rotation: a centred bar rotated by 90 deg is a bar along the other axis."""
     cfg = {**augment_cfg, "angles_deg": [90], "affine_prob": 0.0, "flip_prob": 0.0, "intensity_scale": 0.0,
