@@ -241,14 +241,16 @@ def table(sweep: Path, title: str) -> list:
     rows = []
     print(f"| job ({title}) | wall s | train samples/s | fetch % of train time | epochs | test AUC |")
     print("|---|---|---|---|---|---|")
-    for d in sorted(p for p in sweep.iterdir() if (p / "wall.json").exists()) if sweep.is_dir() else []:
+    jobs = [p for p in sweep.iterdir() if (p / "wall.json").exists()] if sweep.is_dir() else []
+    for d in sorted(jobs, key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 0, p.name)):
         wall = json.loads((d / "wall.json").read_text())
         tp = json.loads((d / "throughput.json").read_text()) if (d / "throughput.json").exists() else {}
         met = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
         rows.append({"job": d.name, **wall, **{k: v for k, v in tp.items() if k != "epoch_s"},
                      "test_auc": met.get("test_auc")})
         print(f"| {d.name} | {wall.get('wall_s', float('nan')):.1f} | {tp.get('samples_per_s', float('nan')):.0f} | "
-              f"{100 * tp.get('data_wait_fraction', float('nan')):.1f} | {tp.get('epochs')} | {met.get('test_auc')} |")
+              f"{100 * tp.get('data_wait_fraction', float('nan')):.1f} | {tp.get('epochs')} | "
+              f"{met.get('test_auc', float('nan')):.3f} |")
     return rows
 
 
