@@ -185,3 +185,41 @@ def test_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path, data_root
     waited = (job / "error.txt").stat().st_mtime - float(stopped_at)
     assert timeout - 1 < waited < timeout + 10
     assert not Path(f"/proc/{pid}").exists() and _job_processes(job) == []
+
+
+class _Proc:
+    def __init__(self, returncode):
+        self.returncode = returncode
+
+    def poll(self):
+        return self.returncode
+
+
+def _trainer(*returncodes, timeout_s=30):
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    launcher = SimpleNamespace(procs=[_Proc(c) for c in returncodes])
+    return SimpleNamespace(strategy=SimpleNamespace(launcher=launcher, _timeout=timedelta(seconds=timeout_s)),
+                           state=SimpleNamespace(fn=TrainerFn.FITTING), current_epoch=3)
+
+
+def test_rank_failure_names_the_rank_only_for_process_group_errors():
+    from src.errors import InputError
+    from src.utils.runtime import rank_failure
+
+    reset = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+    killed = rank_failure(_trainer(None, -9), reset, wait_s=0)
+    assert str(killed) == ("DDP rank 2 of 3 was killed by SIGKILL during fit (epoch 3); the other ranks were "
+                           "stopped; rerun with resume=true to continue from checkpoints/last.ckpt")
+    exited = rank_failure(_trainer(1), reset, wait_s=0)
+    assert str(exited).startswith("DDP rank 1 of 2 exited with status 1 (its log: rank1.log) during fit (epoch 3)")
+    hung = rank_failure(_trainer(None), RuntimeError("[gloo/unbound_buffer.cc:129] Timed out waiting 30000ms"),
+                        wait_s=0)
+    assert str(hung).startswith("a DDP rank of 2 did not answer within 30 s (trainer.strategy.timeout) during fit")
+    # an error every rank raised (bad data, a NaN loss) keeps its own message; no DDP, nothing to say
+    assert rank_failure(_trainer(1), InputError("bad manifest row"), wait_s=0) is None
+    assert rank_failure(_trainer(1), RuntimeError("non-finite loss"), wait_s=0) is None
+    assert rank_failure(_trainer(), reset, wait_s=0) is None

@@ -103,6 +103,44 @@ def test_two_fillers_at_once_compute_each_entry_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_whole_sweeps_at_once_share_one_cohort_and_cache(tmp_path):
+    """Two CLI sweeps (a strong and a weak job each) started at the same moment on the same cohort and
+    cache folders: both finish with the same predictions, the cohort is generated once, each cache entry
+    is computed once in all, and every entry matches its record."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "src.train", "-m", "phase=UP", "supervision=strong,weak",
+                               "experiment=smoke", f"hydra.sweep.dir={tmp_path / name}", f"paths.log_dir={tmp_path}",
+                               f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache"],
+                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in ("sweep_a", "sweep_b")]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [log[-2000:] for log in logs]
+    everything = "\n".join(logs)
+    assert everything.count("generating synthetic cohort") == 1
+    for config in ("UP/strong", "UP/weak"):
+        computed = [int(n) for n in re.findall(rf"preprocessing {config}: (\d+) computed", everything)]
+        assert sum(computed) == 20, (config, computed)  # 20 patients, each computed once in all
+    for job in ("0_UP_strong", "1_UP_weak"):
+        a, b = (pd.read_csv(tmp_path / name / job / "predictions" / "test.csv") for name in ("sweep_a", "sweep_b"))
+        pd.testing.assert_frame_equal(a, b)
+    for supervision in ("strong", "weak"):
+        dm = compose_datamodule([f"supervision={supervision}", "phase=UP"], tmp_path)
+        from src.data.manifest import cases_for_phase
+
+        cases = cases_for_phase(dm.manifest_path(), "UP")
+        assert len(cases) == 20 and all(dm.cache.arrays.problem(dm.cache.key(c)) is None for c in cases)
+
+
+@pytest.mark.slow
 def test_a_10000_row_manifest_lists_every_bad_row_at_once(tmp_path):
     """10,000 patients of tiny files, five rows broken in five ways: one error naming each of them (the
     time it takes: python scripts/manifest_bench.py)."""

@@ -70,12 +70,13 @@ def stop_ddp_children(trainer) -> None:
 def rank_failure(trainer, exc: BaseException, wait_s: float = 2.0) -> RankFailure | None:
     """A one-line :class:`RankFailure` naming the rank when one of this job's DDP children has exited
     with an error (it may take ``wait_s`` to be reaped), or when a collective timed out (a hung rank);
-    None when the failure is this process's own."""
+    None when ``exc`` is not a failure of the process group (this process's own error, or one that
+    every rank raised, such as bad data: its message is the one to show)."""
     import signal
     import time
 
     procs = _ddp_children(trainer)
-    if not procs:
+    if not procs or not _is_communication_error(exc):  # e.g. a data error every rank raised: keep its message
         return None
     world = len(procs) + 1
     deadline = time.monotonic() + wait_s
@@ -99,6 +100,15 @@ def rank_failure(trainer, exc: BaseException, wait_s: float = 2.0) -> RankFailur
                            "the other ranks were stopped; rerun with resume=true to continue from "
                            "checkpoints/last.ckpt")
     return None
+
+
+def _is_communication_error(exc: BaseException) -> bool:
+    """A failure of the process group itself (torch's distributed errors, or gloo / NCCL's own)."""
+    import torch.distributed as dist
+
+    dist_error = getattr(dist, "DistError", None)
+    text = str(exc).lower()
+    return (dist_error is not None and isinstance(exc, dist_error)) or "gloo" in text or "nccl" in text
 
 
 def spare_the_sweep() -> None:
