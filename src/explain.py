@@ -96,8 +96,9 @@ def explain(opts: DictConfig) -> list[Path]:
     from src.errors import InputError
 
     job, cfg = job_config(opts.ckpt_path)
-    if cfg.supervision.name == "mil":
-        raise InputError("Grad-CAM explains single-image networks; a mil job has none", path=str(opts.ckpt_path))
+    if cfg.supervision.name == "mil" and not opts.score:
+        raise InputError("a mil job is explained over its testing set, each patient's bag at once: add score=true",
+                         path=str(opts.ckpt_path))
     net = load_net(cfg, opts.ckpt_path)
     gc = cfg.get("callbacks", {}).get("gradcam") or {}
     class_index = opts.class_index if opts.class_index is not None else gc.get("class_index")

@@ -279,7 +279,8 @@ def predict(ckpt_path, image, mask, patient_id: str = "patient", output_dir=None
     _check_ensemble(members)
     settings = members[0]["settings"]
     if gradcam and settings["supervision"] == "mil":
-        raise InputError("gradcam=true: Grad-CAM explains single-image networks; a mil job has none")
+        raise InputError("gradcam=true: Grad-CAM here explains single-image networks; a mil job's maps come "
+                         "from its whole bag: python -m src.explain ckpt_path=... score=true")
     if gradcam and len(members) > 1:
         raise InputError("gradcam=true explains one checkpoint; an ensemble has several")
     prepared: dict[str, dict] = {}  # members with the same preprocessing and label share one pass

@@ -190,6 +190,11 @@ def _patient_table(t2: pd.DataFrame, ot: pd.DataFrame | None, empty: str) -> str
             ],
         }
     )
+    if "cam_in_tumour" in t2:  # mil: Grad-CAM localisation on the testing set, as Table 3
+        from src.reporting.gradcam import cam_cell
+
+        v["Grad-CAM in tumour / pointing / chance"] = [
+            cam_cell(a, b, c) for a, b, c in zip(t2["cam_in_tumour"], t2["cam_pointing"], t2["cam_chance"])]
     if ot is not None and len(ot):
         v["Test AUC / oracle"] = [fmt(x) for x in t2["test_auc_of_oracle"]]
         v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "AUC (95% CI) training / testing",

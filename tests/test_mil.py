@@ -36,7 +36,9 @@ def test_the_mil_datamodule_has_one_bag_per_patient_from_the_weak_cache(data_roo
         assert sum(len(b) for b in bags.bags) == len(slices)
     batch = next(iter(mil.train_dataloader()))
     assert batch["image"].ndim == 5 and batch["image"].shape[0] == 8  # (bags_per_batch bags, N slices, 1, H, W)
-    assert next(iter(mil.test_dataloader()[1]))["image"].shape[0] == min(8, len(mil.datasets["test"]))
+    # evaluation: one bag per batch, exactly its own slices (a batch of bags repeats the shorter ones)
+    test = next(iter(mil.test_dataloader()[1]))["image"]
+    assert test.shape[0] == 1 and test.shape[1] == len(mil.datasets["test"].bags[0])
 
 
 def test_mil_model_is_invariant_to_slice_order_and_counts_every_slice():
@@ -92,3 +94,54 @@ def test_report_gives_mil_its_table_and_expects_it_only_when_run(tmp_path):
     assert "of 9 expected" in md and "NP_mil" in md  # a sweep that ran mil expects it for every phase
     t3b = pd.read_csv(root / "report" / "table3b_mil.csv")
     assert t3b["phase"].tolist() == ["CMP"] and "## Table 3b. Attention-MIL" in md
+
+
+def test_bag_grad_cam_is_grad_cam_of_the_patient_logit_slice_by_slice():
+    """A one-slice bag: the same map as MONAI's GradCAM on the bag model seen as an image model; a
+    permuted bag: the same maps, permuted (each map is its own slice's)."""
+    from monai.visualize import GradCAM
+
+    from src.callbacks.gradcam import bag_grad_cam, minmax
+
+    torch.manual_seed(0)
+    net = mil_resnet18(widen_factor=0.25).eval()
+
+    class AsImage(torch.nn.Module):
+        def __init__(self, mil):
+            super().__init__()
+            self.mil = mil
+
+        def forward(self, x):
+            return self.mil(x.unsqueeze(1))
+
+    one = torch.randn(1, 1, 64, 64)
+    maps, probs = bag_grad_cam(net, one, class_index=1, target_layer="layer3")
+    expect = GradCAM(nn_module=AsImage(net), target_layers="mil.net.layer3", postprocessing=minmax)(x=one, class_idx=1)
+    assert maps.shape == (1, 64, 64) and probs.shape == (2,)
+    np.testing.assert_allclose(maps[0], expect[0, 0].detach().numpy(), atol=1e-5)
+
+    bag = torch.randn(5, 1, 64, 64)
+    order = torch.tensor([3, 0, 4, 1, 2])
+    a, pa = bag_grad_cam(net, bag, target_layer="layer3")
+    b, pb = bag_grad_cam(net, bag[order], target_layer="layer3")
+    np.testing.assert_allclose(pa, pb, atol=1e-5)
+    np.testing.assert_allclose(b, a[order.numpy()], atol=1e-4)
+    assert a.min() >= 0 and a.max() <= 1 and not np.allclose(a[0], a[1])
+
+
+def test_a_mil_job_scores_grad_cam_on_its_test_bags(cfg_factory, tmp_path):
+    from src.train import train
+
+    out = tmp_path / "mil"
+    metrics = train(cfg_factory("supervision=mil", "trainer.max_epochs=1", out=out))
+    assert metrics["test_cam_n_patients"] == metrics["n_test"]
+    assert 0 < metrics["test_cam_chance"] < 1 and 0 <= metrics["test_cam_in_tumour"] <= 1
+    scores = pd.read_csv(out / "gradcam" / "test_scores.csv")
+    assert scores.patient_id.nunique() == metrics["n_test"] and scores.groupby("patient_id").size().max() <= 8
+    assert (scores.cam_chance > 0).all()  # every scored slice is a lesion slice: its mask is not empty
+    per_patient = scores.groupby("patient_id").prob_high.nunique()
+    assert (per_patient == 1).all()  # one bag prediction per patient: the job's own
+    test = pd.read_csv(out / "predictions" / "test.csv").set_index("patient_id").prob_high
+    first = scores.groupby("patient_id").prob_high.first()
+    np.testing.assert_allclose(first.to_numpy(), test.loc[first.index].to_numpy(), atol=1e-5)
+    assert list((out / "gradcam").glob("test_*.png"))

@@ -133,6 +133,44 @@ def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[i
     return np.stack(maps).astype(np.float32), np.stack(probs)
 
 
+def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = None,
+                 target_layer: str = AUTO) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM of an attention-MIL bag model (MONAI ``MILModel``, instance encoder ``net.net``) for one
+    patient's slices ``bag`` (N, C, H, W) -> (one map per slice (N, H, W) in [0, 1], the bag's class
+    probabilities (K,)).
+
+    The same Grad-CAM as :func:`grad_cam`, with the bag's logit as the target: the encoder layer's
+    activations of each slice, weighted by the spatial mean of the gradient of the patient's logit for
+    ``class_index`` (None = the predicted class) with respect to them, summed over channels, ReLU,
+    bilinear upsampling to the slice size, :func:`minmax` per slice. Runs on a copy in eval mode."""
+    import torch.nn.functional as F
+
+    with torch.inference_mode(False), torch.enable_grad():
+        model = explainable_copy(net)
+        device = next(model.parameters()).device
+        x = bag.detach().clone().float().to(device)
+        layer = getattr(model.net, resolve_layer(model.net, x[:1], target_layer))
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(_module, _inputs, out):
+            seen["acts"] = out
+            out.register_hook(lambda grad: seen.__setitem__("grads", grad))
+
+        hook = layer.register_forward_hook(keep)
+        try:
+            logits = model(x.unsqueeze(0)).float()  # (1, K): one prediction for the patient
+            probs = logits.softmax(-1)[0].detach()
+            k = int(probs.argmax()) if class_index is None else int(class_index)
+            model.zero_grad(set_to_none=True)
+            logits[0, k].backward()
+        finally:
+            hook.remove()
+        acts, grads = seen["acts"].detach(), seen["grads"].detach()  # (N, C', h, w)
+        cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
+        cam = minmax(F.interpolate(cam, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False))
+    return cam[:, 0].cpu().numpy().astype(np.float32), probs.cpu().numpy()
+
+
 _WARNED: set[tuple] = set()
 
 
@@ -363,7 +401,8 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
     (None = all) using at most ``max_slices`` lesion slices each, in ``test_metrics``, which the
     PredictionWriter adds to metrics.json. Per-slice scores: ``gradcam/test_scores.csv``.
     Rank 0 only; PNGs in ``output_dir``; images logged to a WandbLogger when one is active.
-    ``target_layer`` None (a model with no explainable layer, e.g. the MIL bag model): does nothing.
+    ``target_layer`` None (a model with no explainable layer): does nothing. The attention-MIL bag model
+    (``supervision=mil``) is explained slice by slice with :func:`bag_grad_cam` and scored as the weak one.
     """
 
     def __init__(self, output_dir: str, every_n_epochs: int = 5, n_patients: int = 4, max_slices: int = 8,
@@ -411,6 +450,56 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
         ds = getattr(dm, "datasets", {}).get(split)
         if ds is None or len(ds) == 0:
             return {}, []
+        from src.data.bank import BagDataset
+
+        rows, paths = (self._bag_rows if isinstance(ds, BagDataset) else self._rows)(dm, net, ds, prefix, score_all)
+        self.written.extend(paths)
+        metrics = summarise(rows, split) if rows else {}
+        if rows and split == "test":
+            import pandas as pd
+
+            from src.utils.atomic import atomic_write_csv
+
+            atomic_write_csv(self.output_dir / "test_scores.csv", pd.DataFrame(rows).drop(columns="patient"))
+        if metrics:
+            log.info("grad-cam %s: in tumour %.3f, pointing %.3f, chance %.3f (%d patients, %d slices)", split,
+                     metrics[f"{split}_cam_in_tumour"], metrics[f"{split}_cam_pointing"],
+                     metrics[f"{split}_cam_chance"], metrics[f"{split}_cam_n_patients"],
+                     metrics[f"{split}_cam_n_slices"])
+        return metrics, paths
+
+    def _bag_rows(self, dm, net: nn.Module, ds, prefix: str, score_all: bool) -> tuple[list[dict], list[Path]]:
+        """Attention-MIL: each patient's whole bag goes through the network (its prediction needs every
+        slice); the maps of up to ``max_slices`` evenly spaced slices are scored and drawn."""
+        patients, labels = (ds.meta[k].cpu().numpy() for k in ("patient", "label"))
+        shown = pick_patients(patients, labels, self.n_patients)
+        scored = pick_patients(patients, labels, self.score_patients) if score_all else shown
+        ids = getattr(dm, "patient_ids", [])
+        rows, paths = [], []
+        for p in sorted(set(shown) | set(scored)):
+            i = int(np.flatnonzero(patients == p)[0])
+            slices = ds.slices[i].cpu().numpy()
+            order = np.argsort(slices, kind="stable")
+            bag = ds.batch(torch.as_tensor([i]))["image"][0][torch.as_tensor(order)]  # (N, 1, H, W), by slice
+            cams, probs = bag_grad_cam(net, bag, self.class_index, self.target_layer or AUTO)
+            k = int(probs.argmax()) if self.class_index is None else self.class_index
+            pick = spread(len(order), self.max_slices)
+            masks = np.stack([dm.slice_mask(int(p), int(slices[order[j]])) for j in pick])
+            pid = ids[p] if p < len(ids) else str(p)
+            per = [{"patient": int(p), "patient_id": pid, "slice_index": int(slices[order[j]]), "label": int(labels[i]),
+                    "prob_high": float(probs[-1]), "class_index": k, **localisation(cams[j], masks[n])}
+                   for n, j in enumerate(pick)]
+            if p in scored:
+                rows.extend(per)
+            if p in shown:
+                n = int(masks.reshape(len(masks), -1).sum(1).argmax())
+                paths.append(figure_2d(bag[pick[n], 0].float().cpu().numpy(), cams[pick[n]], masks[n],
+                                       self.output_dir / f"{prefix}_{pid}.png", self.window_z, per[n], **self.fig_kw))
+        return rows, paths
+
+    def _rows(self, dm, net: nn.Module, ds, prefix: str, score_all: bool) -> tuple[list[dict], list[Path]]:
+        """Weak: up to ``max_slices`` evenly spaced lesion slices per patient, scored and drawn; strong:
+        one figure of the ROI per shown patient."""
         t = ds.tensors
         # the data may be GPU-resident
         patients, labels, slices = (t[k].cpu().numpy() for k in ("patient", "label", "slice"))
@@ -453,20 +542,7 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
                 out = self.output_dir / f"{prefix}_{pid}.png"
                 paths.append(figure_3d(images[0, 0].float().cpu().numpy(), cams[0], out, self.window_z, meta,
                                        **self.fig_kw))
-        self.written.extend(paths)
-        metrics = summarise(rows, split) if rows else {}
-        if rows and split == "test":
-            import pandas as pd
-
-            from src.utils.atomic import atomic_write_csv
-
-            atomic_write_csv(self.output_dir / "test_scores.csv", pd.DataFrame(rows).drop(columns="patient"))
-        if metrics:
-            log.info("grad-cam %s: in tumour %.3f, pointing %.3f, chance %.3f (%d patients, %d slices)", split,
-                     metrics[f"{split}_cam_in_tumour"], metrics[f"{split}_cam_pointing"],
-                     metrics[f"{split}_cam_chance"], metrics[f"{split}_cam_n_patients"],
-                     metrics[f"{split}_cam_n_slices"])
-        return metrics, paths
+        return rows, paths
 
     @staticmethod
     def _log_images(trainer: L.Trainer, split: str, paths: list[Path]) -> None:

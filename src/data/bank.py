@@ -143,10 +143,14 @@ class BagDataset(_BatchedDataset):
     (``data.loader.bags_per_batch`` bags per batch; with one, every bag is exactly its rows).
     """
 
-    def __init__(self, bank: RowBank, bags: list[torch.Tensor], label: torch.Tensor, patient: torch.Tensor):
+    def __init__(self, bank: RowBank, bags: list[torch.Tensor], label: torch.Tensor, patient: torch.Tensor,
+                 slices: list[torch.Tensor] | None = None):
+        """``slices``: each bag's axial slice indices, row by row (for Grad-CAM against the slice masks)."""
         if not (len(bags) == len(label) == len(patient)):
             raise ValueError("bags and per-patient tables of unequal length")
         self.bank, self.bags = bank, [torch.as_tensor(b, dtype=torch.long) for b in bags]
+        self.slices = ([torch.as_tensor(z, dtype=torch.long).reshape(-1) for z in slices] if slices is not None
+                       else [torch.full((len(b),), -1, dtype=torch.long) for b in self.bags])
         self.meta = {"label": label, "patient": patient, "slice": torch.full((len(bags),), -1, dtype=torch.long)}
 
     def __len__(self) -> int:
@@ -218,7 +222,8 @@ def make_dataset(bank: RowBank, rows: list) -> BankDataset:
 def make_bags(bank: RowBank, rows: list) -> BagDataset:
     """A bag dataset from ``(patient index, label, bank rows, slice indices)`` tuples: one bag per patient."""
     return BagDataset(bank, [torch.as_tensor(np.asarray(r[2]), dtype=torch.long) for r in rows],
-                      label=torch.tensor([r[1] for r in rows]), patient=torch.tensor([r[0] for r in rows]))
+                      label=torch.tensor([r[1] for r in rows]), patient=torch.tensor([r[0] for r in rows]),
+                      slices=[r[3] for r in rows])
 
 
 def build_datasets(case_arrays: list[dict], labels: list[int], splits: list[str], supervision: str,

@@ -223,8 +223,8 @@ class GradeDataModule(L.LightningDataModule):
         return batch
 
     def _batch(self, train: bool) -> int:
-        if self.supervision == "mil":
-            return int(self.loader_cfg["bags_per_batch"])
+        if self.supervision == "mil":  # evaluation: one bag at a time, so a patient's prediction is its bag's
+            return int(self.loader_cfg["bags_per_batch"]) if train else 1  # alone (a batch repeats short bags)
         return self.batch_size if train else int(self.loader_cfg["eval_batch_size"])
 
     def resume_mid_epoch(self, epoch: int, batches: int) -> None:

@@ -183,6 +183,10 @@ def table2_strong(sweep: Sweep, reference_phase: str = "CMP", supervision: str =
         else:
             d = _delong_pair(job.patients.get("test"), ref.patients.get("test"))
         row["test_auc_of_oracle"] = of_oracle(row["test_auc"], oracle_perf(sweep.manifest, phase, "test"))
+        if supervision == "mil":  # a bag model explained slice by slice: its Grad-CAM localisation
+            from src.reporting.gradcam import cam_metrics
+
+            row.update(cam_metrics(job.metrics, "test"))
         row[f"delong_z_vs_{reference_phase}_test"] = d["z"]
         row[f"delong_p_vs_{reference_phase}_test"] = d["p"]
         row["AUC (95% CI) training / testing"] = (
