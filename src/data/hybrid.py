@@ -266,9 +266,5 @@ class HybridSource:
         if phase != self.spec.phase:
             raise InputError(f"the hybrid cohort has only the phase its backgrounds show ({self.spec.phase}); "
                              f"phase={phase} is not made (docs/results/hybrid)")
-        path = self.locate(cache_dir)
-        log = logging.getLogger(__name__)
-        if not path.exists():
-            log.info("generating hybrid cohort (%d patients, backgrounds %s) in %s", self.spec.n_patients,
-                     self.spec.backgrounds, path.parent)
-        return generate_hybrid(path.parent, self.spec, log=log, workers=workers)
+        return generate_hybrid(self.locate(cache_dir).parent, self.spec, log=logging.getLogger(__name__),
+                               workers=workers)

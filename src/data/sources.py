@@ -56,7 +56,4 @@ class SyntheticSource:
 
         if phase not in PHASES:
             raise InputError(f"the synthetic cohort has no phase {phase} (it writes {', '.join(PHASES)})")
-        path = self.locate(cache_dir)
-        if not path.exists():
-            log.info("generating synthetic cohort (%d patients) in %s", self.spec.n_patients, path.parent)
-        return generate_cohort(path.parent, self.spec, log=log, workers=workers)
+        return generate_cohort(self.locate(cache_dir).parent, self.spec, log=log, workers=workers)

@@ -173,6 +173,8 @@ def build_cohort(out_dir: str | os.PathLike, write_patient, jobs: list[tuple], r
     with FileLock(str(out_dir.with_name(f".{out_dir.name}.lock"))):
         if manifest.exists():  # another job generated it while this one waited
             return manifest
+        if log is not None:  # only the process that generates says so; the others wait here and reuse it
+            log.info("generating %s (%d patients) in %s", what, len(jobs), out_dir.parent)
         tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "images").mkdir(parents=True)
