@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from src.utils.cli import dotlist_main
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's database layer announces its plugins
     return dotlist_main(__doc__, CONF, explain, argv)
 
 
