@@ -115,18 +115,27 @@ def test_bag_grad_cam_is_grad_cam_of_the_patient_logit_slice_by_slice():
             return self.mil(x.unsqueeze(1))
 
     one = torch.randn(1, 1, 64, 64)
-    maps, probs = bag_grad_cam(net, one, class_index=1, target_layer="layer3")
-    expect = GradCAM(nn_module=AsImage(net), target_layers="mil.net.layer3", postprocessing=minmax)(x=one, class_idx=1)
-    assert maps.shape == (1, 64, 64) and probs.shape == (2,)
+    maps, probs, weights = bag_grad_cam(net, one, class_index=1, target_layer="layer3")
+    # in eval mode: MONAI's GradCAM restores the wrapper's mode afterwards, and with it the network's
+    expect = GradCAM(nn_module=AsImage(net).eval(), target_layers="mil.net.layer3", postprocessing=minmax)(
+        x=one, class_idx=1)
+    assert maps.shape == (1, 64, 64) and probs.shape == (2,) and weights.tolist() == [1.0]
     np.testing.assert_allclose(maps[0], expect[0, 0].detach().numpy(), atol=1e-5)
 
     bag = torch.randn(5, 1, 64, 64)
     order = torch.tensor([3, 0, 4, 1, 2])
-    a, pa = bag_grad_cam(net, bag, target_layer="layer3")
-    b, pb = bag_grad_cam(net, bag[order], target_layer="layer3")
+    a, pa, wa = bag_grad_cam(net, bag, target_layer="layer3")
+    b, pb, wb = bag_grad_cam(net, bag[order], target_layer="layer3")
     np.testing.assert_allclose(pa, pb, atol=1e-5)
     np.testing.assert_allclose(b, a[order.numpy()], atol=1e-4)
     assert a.min() >= 0 and a.max() <= 1 and not np.allclose(a[0], a[1])
+    # the attention weights are MONAI's pooling weights: softmax over the slices of the attention scores
+    with torch.no_grad():
+        scores = net.attention(net.net(bag).reshape(1, 5, -1))
+    np.testing.assert_allclose(wa, scores.softmax(1)[0, :, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(wb, wa[order.numpy()], atol=1e-6)
+    assert wa.sum() == pytest.approx(1.0, abs=1e-6)
+    assert bag_grad_cam(mil_resnet18(widen_factor=0.25, mil_mode="mean").eval(), bag, target_layer="layer3")[2] is None
 
 
 def test_a_mil_job_scores_grad_cam_on_its_test_bags(cfg_factory, tmp_path):
@@ -139,6 +148,7 @@ def test_a_mil_job_scores_grad_cam_on_its_test_bags(cfg_factory, tmp_path):
     scores = pd.read_csv(out / "gradcam" / "test_scores.csv")
     assert scores.patient_id.nunique() == metrics["n_test"] and scores.groupby("patient_id").size().max() <= 8
     assert (scores.cam_chance > 0).all()  # every scored slice is a lesion slice: its mask is not empty
+    assert scores.attention.between(0, 1).all()  # each scored slice's attention weight in its bag
     per_patient = scores.groupby("patient_id").prob_high.nunique()
     assert (per_patient == 1).all()  # one bag prediction per patient: the job's own
     test = pd.read_csv(out / "predictions" / "test.csv").set_index("patient_id").prob_high

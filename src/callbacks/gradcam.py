@@ -134,10 +134,11 @@ def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[i
 
 
 def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = None,
-                 target_layer: str = AUTO) -> tuple[np.ndarray, np.ndarray]:
+                 target_layer: str = AUTO) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Grad-CAM of an attention-MIL bag model (MONAI ``MILModel``, instance encoder ``net.net``) for one
     patient's slices ``bag`` (N, C, H, W) -> (one map per slice (N, H, W) in [0, 1], the bag's class
-    probabilities (K,)).
+    probabilities (K,), each slice's attention weight (N,) summing to 1, or None for a model without
+    attention pooling).
 
     The same Grad-CAM as :func:`grad_cam`, with the bag's logit as the target: the encoder layer's
     activations of each slice, weighted by the spatial mean of the gradient of the patient's logit for
@@ -156,7 +157,11 @@ def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = No
             seen["acts"] = out
             out.register_hook(lambda grad: seen.__setitem__("grads", grad))
 
-        hook = layer.register_forward_hook(keep)
+        hooks = [layer.register_forward_hook(keep)]
+        attention = getattr(model, "attention", None)
+        if isinstance(attention, nn.Module):  # the pooling's scores (1, N, 1); MONAI softmaxes them over N
+            hooks.append(attention.register_forward_hook(
+                lambda _m, _i, out: seen.__setitem__("attention", out.detach().float().softmax(1)[0, :, 0])))
         try:
             logits = model(x.unsqueeze(0)).float()  # (1, K): one prediction for the patient
             probs = logits.softmax(-1)[0].detach()
@@ -164,11 +169,13 @@ def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = No
             model.zero_grad(set_to_none=True)
             logits[0, k].backward()
         finally:
-            hook.remove()
+            for h in hooks:
+                h.remove()
         acts, grads = seen["acts"].detach(), seen["grads"].detach()  # (N, C', h, w)
         cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
         cam = minmax(F.interpolate(cam, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False))
-    return cam[:, 0].cpu().numpy().astype(np.float32), probs.cpu().numpy()
+    weights = seen["attention"].cpu().numpy() if "attention" in seen else None
+    return cam[:, 0].cpu().numpy().astype(np.float32), probs.cpu().numpy(), weights
 
 
 _WARNED: set[tuple] = set()
@@ -481,13 +488,14 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
             slices = ds.slices[i].cpu().numpy()
             order = np.argsort(slices, kind="stable")
             bag = ds.batch(torch.as_tensor([i]))["image"][0][torch.as_tensor(order)]  # (N, 1, H, W), by slice
-            cams, probs = bag_grad_cam(net, bag, self.class_index, self.target_layer or AUTO)
+            cams, probs, weights = bag_grad_cam(net, bag, self.class_index, self.target_layer or AUTO)
             k = int(probs.argmax()) if self.class_index is None else self.class_index
             pick = spread(len(order), self.max_slices)
             masks = np.stack([dm.slice_mask(int(p), int(slices[order[j]])) for j in pick])
             pid = ids[p] if p < len(ids) else str(p)
             per = [{"patient": int(p), "patient_id": pid, "slice_index": int(slices[order[j]]), "label": int(labels[i]),
-                    "prob_high": float(probs[-1]), "class_index": k, **localisation(cams[j], masks[n])}
+                    "prob_high": float(probs[-1]), "class_index": k, **localisation(cams[j], masks[n]),
+                    "attention": float(weights[j]) if weights is not None else float("nan")}
                    for n, j in enumerate(pick)]
             if p in scored:
                 rows.extend(per)
