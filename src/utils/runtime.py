@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,7 +94,7 @@ def rank_failure(trainer, exc: BaseException, wait_s: float = 2.0) -> RankFailur
                else f"exited with status {code} (its log: rank{rank}.log)")
         return RankFailure(f"DDP rank {rank} of {world} {how} during {where}; the other ranks were stopped; "
                            "rerun with resume=true to continue from checkpoints/last.ckpt")
-    if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+    if re.search(r"timed out|timeout", f"{type(exc).__name__} {exc}", re.IGNORECASE):
         timeout = getattr(trainer.strategy, "_timeout", None)
         within = f" within {timeout.total_seconds():g} s (trainer.strategy.timeout)" if timeout is not None else ""
         return RankFailure(f"a DDP rank of {world} did not answer{within} during {where}: it hung or was too slow; "
@@ -102,13 +103,18 @@ def rank_failure(trainer, exc: BaseException, wait_s: float = 2.0) -> RankFailur
     return None
 
 
+_COMMUNICATION = re.compile(r"gloo|nccl|pair closure|connection (reset|closed)|timed out|timeout", re.IGNORECASE)
+
+
 def _is_communication_error(exc: BaseException) -> bool:
-    """A failure of the process group itself (torch's distributed errors, or gloo / NCCL's own)."""
+    """A failure of the process group itself: torch's distributed errors, or the backends' own
+    RuntimeErrors (gloo words them several ways: "Connection reset by peer", "Timed out waiting ...",
+    "Application timeout caused pair closure")."""
     import torch.distributed as dist
 
     dist_error = getattr(dist, "DistError", None)
-    text = str(exc).lower()
-    return (dist_error is not None and isinstance(exc, dist_error)) or "gloo" in text or "nccl" in text
+    return ((dist_error is not None and isinstance(exc, dist_error))
+            or (isinstance(exc, RuntimeError) and bool(_COMMUNICATION.search(str(exc)))))
 
 
 def spare_the_sweep() -> None:
