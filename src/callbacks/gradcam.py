@@ -500,10 +500,16 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
             if p in scored:
                 rows.extend(per)
             if p in shown:
-                n = int(masks.reshape(len(masks), -1).sum(1).argmax())
-                paths.append(figure_2d(bag[pick[n], 0].float().cpu().numpy(), cams[pick[n]], masks[n],
-                                       self.output_dir / f"{prefix}_{pid}.png", self.window_z, per[n], **self.fig_kw))
+                paths.append(self._largest_tumour_figure(bag[torch.as_tensor(pick)], cams[pick], masks, per,
+                                                         f"{prefix}_{pid}"))
         return rows, paths
+
+    def _largest_tumour_figure(self, images: torch.Tensor, cams: np.ndarray, masks: np.ndarray, rows: list[dict],
+                               name: str) -> Path:
+        """The figure of the slice with the largest tumour area among ``images`` (N, 1, H, W) and their maps."""
+        j = int(masks.reshape(len(masks), -1).sum(1).argmax())
+        return figure_2d(images[j, 0].float().cpu().numpy(), cams[j], masks[j], self.output_dir / f"{name}.png",
+                         self.window_z, rows[j], **self.fig_kw)
 
     def _rows(self, dm, net: nn.Module, ds, prefix: str, score_all: bool) -> tuple[list[dict], list[Path]]:
         """Weak: up to ``max_slices`` evenly spaced lesion slices per patient, scored and drawn; strong:
@@ -537,10 +543,7 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
                 if p in scored:
                     rows.extend(per)
                 if p in shown:
-                    j = int(masks.reshape(len(masks), -1).sum(1).argmax())
-                    paths.append(figure_2d(images[j, 0].float().cpu().numpy(), cams[j], masks[j],
-                                           self.output_dir / f"{prefix}_{pid}.png", self.window_z, per[j],
-                                           **self.fig_kw))
+                    paths.append(self._largest_tumour_figure(images, cams, masks, per, f"{prefix}_{pid}"))
             elif p in shown:
                 images = t["image"][torch.as_tensor(idx[:1])]
                 cams, probs = grad_cam(net, images, self.class_index, self.target_layer)
