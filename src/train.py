@@ -94,10 +94,12 @@ def main(cfg: DictConfig) -> float | None:
                 # the sweep's end (SweepReport) collects failed jobs from their error.txt, for any launcher
                 log.error("job %s failed: %s: %s (details in error.txt)", job_dir.name, type(exc).__name__, exc)
                 return None
-            if isinstance(exc, InputError | runtime.RankFailure):  # one line, no traceback (it is in error.txt)
-                print(f"error: {type(exc).__name__}: {exc}" if isinstance(exc, runtime.RankFailure)
-                      else f"error: {exc}", file=sys.stderr)
-                raise SystemExit(2 if isinstance(exc, InputError) else 1) from None
+            if isinstance(exc, InputError):  # a user error: one line, no traceback
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+            if isinstance(exc, runtime.RankFailure):  # one line; the traceback is in error.txt
+                print(f"error: RankFailure: {exc}", file=sys.stderr)
+                raise SystemExit(1) from None
             raise
     return _objective(cfg, metrics)
 
