@@ -66,13 +66,19 @@ def cfg_factory(tmp_path, data_root):
     return make
 
 
-def run_cli(args, tmp_path, timeout=600, **env_vars):
-    """``python -m src.train ARGS`` in a subprocess, outputs, cohort and cache under ``tmp_path``."""
+def cli_command(args, tmp_path, **env_vars) -> tuple[list[str], dict]:
+    """(command, environment) of ``python -m src.train ARGS``, outputs, cohort and cache under ``tmp_path``."""
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **env_vars}
     env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "src.train", *args, f"paths.log_dir={tmp_path}",
-                           f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache"],
-                          cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
+    return ([sys.executable, "-m", "src.train", *args, f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}/data",
+             f"paths.cache_dir={tmp_path}/cache"], env)
+
+
+def run_cli(args, tmp_path, timeout=600, **env_vars):
+    """:func:`cli_command` run to its end in a subprocess (from the repository root)."""
+    cmd, env = cli_command(args, tmp_path, **env_vars)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="session")

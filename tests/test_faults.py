@@ -107,21 +107,18 @@ def test_two_whole_sweeps_at_once_share_one_cohort_and_cache(tmp_path):
     """Two CLI sweeps (a strong and a weak job each) started at the same moment on the same cohort and
     cache folders: both finish with the same predictions, the cohort is generated once, each cache entry
     is computed once in all, and every entry matches its record."""
-    import os
     import re
     import subprocess
-    import sys
-    from pathlib import Path
 
     import pandas as pd
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "src.train", "-m", "phase=UP", "supervision=strong,weak",
-                               "experiment=smoke", f"hydra.sweep.dir={tmp_path / name}", f"paths.log_dir={tmp_path}",
-                               f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache"],
-                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name in ("sweep_a", "sweep_b")]
+    from tests.conftest import ROOT, cli_command
+
+    commands = [cli_command(["-m", "phase=UP", "supervision=strong,weak", "experiment=smoke",
+                             f"hydra.sweep.dir={tmp_path / name}"], tmp_path, OMP_NUM_THREADS="1")
+                for name in ("sweep_a", "sweep_b")]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd, env in commands]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [log[-2000:] for log in logs]
     everything = "\n".join(logs)
