@@ -92,18 +92,18 @@ def rank_failure(trainer, exc: BaseException, wait_s: float = 2.0) -> RankFailur
         rank, code = dead[0]
         how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
                else f"exited with status {code} (its log: rank{rank}.log)")
-        return RankFailure(f"DDP rank {rank} of {world} {how} during {where}; the other ranks were stopped; "
-                           "rerun with resume=true to continue from checkpoints/last.ckpt")
-    if re.search(r"timed out|timeout", f"{type(exc).__name__} {exc}", re.IGNORECASE):
+        return RankFailure(f"DDP rank {rank} of {world} {how} during {where}; {_STOPPED}")
+    if _TIMEOUT.search(f"{type(exc).__name__} {exc}"):
         timeout = getattr(trainer.strategy, "_timeout", None)
         within = f" within {timeout.total_seconds():g} s (trainer.strategy.timeout)" if timeout is not None else ""
         return RankFailure(f"a DDP rank of {world} did not answer{within} during {where}: it hung or was too slow; "
-                           "the other ranks were stopped; rerun with resume=true to continue from "
-                           "checkpoints/last.ckpt")
+                           f"{_STOPPED}")
     return None
 
 
-_COMMUNICATION = re.compile(r"gloo|nccl|pair closure|connection (reset|closed)|timed out|timeout", re.IGNORECASE)
+_STOPPED = "the other ranks were stopped; rerun with resume=true to continue from checkpoints/last.ckpt"
+_TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+_COMMUNICATION = re.compile(rf"gloo|nccl|pair closure|connection (reset|closed)|{_TIMEOUT.pattern}", re.IGNORECASE)
 
 
 def _is_communication_error(exc: BaseException) -> bool:
