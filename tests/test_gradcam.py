@@ -157,6 +157,25 @@ def test_grad_cam_leaves_the_training_model_untouched():
     assert not any(m._forward_hooks or m._backward_hooks for m in net.modules())
 
 
+def test_batched_maps_equal_one_sample_at_a_time():
+    net = _small_resnet(2)
+    x = torch.randn(37, 1, 32, 32, generator=torch.Generator().manual_seed(1))  # three batches of 16
+    classes = [i % 3 % 2 for i in range(37)]  # both classes, interleaved
+    cams, probs = grad_cam(net, x, class_index=classes)
+    assert cams.shape == (37, 32, 32) and probs.shape == (37, 2)
+    for i in range(37):  # batched kernels round differently (~1e-6); min-max scaling of a map whose
+        # channels nearly cancel magnifies that, so the tolerance is far below a wrong logit's 0.1
+        one, p = grad_cam(net, x[i:i + 1], class_index=classes[i])
+        np.testing.assert_allclose(cams[i], one[0], atol=1e-3)
+        np.testing.assert_allclose(probs[i], p[0], atol=1e-6)
+    # the maps of the two classes differ (each sample took its own class's logit)
+    other, _ = grad_cam(net, x, class_index=[1 - k for k in classes])
+    assert np.abs(other - cams).max() > 0.1
+    predicted, p = grad_cam(net, x, class_index=None)
+    own, _ = grad_cam(net, x, class_index=p.argmax(1).tolist())
+    np.testing.assert_array_equal(predicted, own)
+
+
 def test_patient_and_slice_choice():
     assert pick_patients([5, 5, 1, 2, 3, 4], [1, 1, 0, 0, 1, 0], 2) == [1, 3]
     assert pick_patients([1, 2, 3], [0, 0, 0], 2) == [1, 2]

@@ -3,8 +3,8 @@
 What is computed
     MONAI's ``monai.visualize.GradCAM`` on the layer the model config names (``model.cam_layer``:
     ``layer4``, the last residual stage, for the 3D net; ``auto`` for the 2D net, the deepest stage
-    whose map is at least 8 x 8, which is ``layer4`` at the paper's 256^2 slices), one
-    sample at a time with an explicit class index (MONAI's batched class selection is wrong), for
+    whose map is at least 8 x 8, which is ``layer4`` at the paper's 256^2 slices), batched by class
+    index (MONAI's ``class_idx`` is one index for the whole batch: a list would pick wrong logits), for
     the predicted class unless ``class_index`` is set. MONAI's default post-processing *inverts*
     the map (min -> 1, max -> 0); we pass :func:`minmax` instead ((x - min) / (max - min), so the
     most important region is 1). 2D maps for the weak model's slices, 3D maps for the strong
@@ -47,6 +47,7 @@ TARGET_LAYER = "layer4"  # on the net; "net.layer4" on the LightningModule
 AUTO = "auto"
 STAGES = ("layer4", "layer3", "layer2", "layer1")  # ResNet residual stages, deepest first
 CAM_KEYS = ("cam_in_tumour", "cam_pointing", "cam_chance")
+CAM_BATCH = 16  # samples per forward/backward pass; each sample's map is independent of the others (eval mode)
 
 
 # ---------------------------------------------------------------------------- heat maps
@@ -101,7 +102,8 @@ def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[i
              target_layer: str = TARGET_LAYER, copy_net: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of ``images`` (N, C, *spatial) -> (maps (N, *spatial) in [0, 1], probabilities (N, K)).
 
-    One sample at a time; ``class_index`` None = each sample's predicted class. ``target_layer``
+    In batches of samples that share a class index (in eval mode a sample's gradient does not depend on
+    the others in its batch); ``class_index`` None = each sample's predicted class. ``target_layer``
     ``"auto"``: see :func:`resolve_layer`. ``copy_net=False`` runs on ``net`` itself (MONAI then
     leaves hooks on it: only for throw-away networks).
     """
@@ -113,24 +115,24 @@ def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[i
         target_layer = resolve_layer(model, images, target_layer)
         cam = GradCAM(nn_module=model, target_layers=target_layer, postprocessing=minmax)
         with torch.no_grad():  # eval mode: batching does not change the outputs
-            all_probs = torch.cat([model(images[j:j + 16].detach().float().to(device)).float().softmax(-1)
-                                   for j in range(0, len(images), 16)]).cpu()
-        maps, probs = [], []
-        for i in range(len(images)):
-            x = images[i:i + 1].detach().clone().float().to(device)
-            p = all_probs[i]
-            if class_index is None:
-                k = int(p.argmax())
-            elif isinstance(class_index, int):
-                k = class_index
-            else:
-                k = int(class_index[i])
-            maps.append(cam(x=x, class_idx=k)[0, 0].detach().cpu().numpy())
-            probs.append(p.cpu().numpy())
-            if i == 0:
+            all_probs = torch.cat([model(images[j:j + CAM_BATCH].detach().float().to(device)).float().softmax(-1)
+                                   for j in range(0, len(images), CAM_BATCH)]).cpu()
+        if class_index is None:
+            ks = all_probs.argmax(-1).tolist()
+        else:
+            ks = [int(class_index)] * len(images) if isinstance(class_index, int) else [int(k) for k in class_index]
+        maps: list = [None] * len(images)
+        for k in sorted(set(ks)):  # MONAI takes one class index per call: a batch per class
+            members = [i for i, ki in enumerate(ks) if ki == k]
+            for j in range(0, len(members), CAM_BATCH):
+                chunk = members[j:j + CAM_BATCH]
+                x = images[chunk].detach().clone().float().to(device)
+                for i, m in zip(chunk, cam(x=x, class_idx=k)[:, 0].detach().cpu().numpy()):
+                    maps[i] = m
                 _warn_if_one_voxel(cam, target_layer)
         model.zero_grad(set_to_none=True)
-    return np.stack(maps).astype(np.float32), np.stack(probs)
+        probs = all_probs.numpy()
+    return np.stack(maps).astype(np.float32), probs
 
 
 def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = None,
@@ -522,29 +524,10 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
         scored = pick_patients(patients, labels, self.score_patients) if (weak and score_all) else shown
         ids = getattr(dm, "patient_ids", [])
         rows, paths = [], []
-        for p in sorted(set(shown) | set(scored)):
-            idx = np.flatnonzero(patients == p)
-            pid = ids[p] if p < len(ids) else str(p)
-            if weak:
-                idx = idx[np.argsort(slices[idx], kind="stable")]
-                pick = idx[spread(len(idx), self.max_slices)]
-                masks = np.stack([dm.slice_mask(int(p), int(slices[i])) for i in pick])
-                if p not in scored:  # figure only: the largest tumour slice suffices
-                    keep = [int(masks.reshape(len(masks), -1).sum(1).argmax())]
-                    pick, masks = pick[keep], masks[keep]
-                images = t["image"][torch.as_tensor(pick)]
-                cams, probs = grad_cam(net, images, self.class_index, self.target_layer)
-                per = []
-                for j, i in enumerate(pick):
-                    k = int(probs[j].argmax()) if self.class_index is None else self.class_index
-                    row = {"patient": int(p), "patient_id": pid, "slice_index": int(slices[i]), "label": int(labels[i]),
-                           "prob_high": float(probs[j][-1]), "class_index": k, **localisation(cams[j], masks[j])}
-                    per.append(row)
-                if p in scored:
-                    rows.extend(per)
-                if p in shown:
-                    paths.append(self._largest_tumour_figure(images, cams, masks, per, f"{prefix}_{pid}"))
-            elif p in shown:
+        if not weak:
+            for p in sorted(shown):
+                idx = np.flatnonzero(patients == p)
+                pid = ids[p] if p < len(ids) else str(p)
                 images = t["image"][torch.as_tensor(idx[:1])]
                 cams, probs = grad_cam(net, images, self.class_index, self.target_layer)
                 k = int(probs[0].argmax()) if self.class_index is None else self.class_index
@@ -553,6 +536,38 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
                 out = self.output_dir / f"{prefix}_{pid}.png"
                 paths.append(figure_3d(images[0, 0].float().cpu().numpy(), cams[0], out, self.window_z, meta,
                                        **self.fig_kw))
+            return rows, paths
+        plan = []  # (patient, its picked rows of the bank, their tumour masks)
+        for p in sorted(set(shown) | set(scored)):
+            idx = np.flatnonzero(patients == p)
+            idx = idx[np.argsort(slices[idx], kind="stable")]
+            pick = idx[spread(len(idx), self.max_slices)]
+            masks = np.stack([dm.slice_mask(int(p), int(slices[i])) for i in pick])
+            if p not in scored:  # figure only: the largest tumour slice suffices
+                keep = [int(masks.reshape(len(masks), -1).sum(1).argmax())]
+                pick, masks = pick[keep], masks[keep]
+            plan.append((p, pick, masks))
+        if not plan:
+            return rows, paths
+        # every patient's slices in one call: one copy of the network, full batches
+        every = np.concatenate([pick for _, pick, _ in plan])
+        all_cams, all_probs = grad_cam(net, t["image"][torch.as_tensor(every)], self.class_index, self.target_layer)
+        start = 0
+        for p, pick, masks in plan:
+            cams, probs = all_cams[start:start + len(pick)], all_probs[start:start + len(pick)]
+            start += len(pick)
+            pid = ids[p] if p < len(ids) else str(p)
+            per = []
+            for j, i in enumerate(pick):
+                k = int(probs[j].argmax()) if self.class_index is None else self.class_index
+                row = {"patient": int(p), "patient_id": pid, "slice_index": int(slices[i]), "label": int(labels[i]),
+                       "prob_high": float(probs[j][-1]), "class_index": k, **localisation(cams[j], masks[j])}
+                per.append(row)
+            if p in scored:
+                rows.extend(per)
+            if p in shown:
+                images = t["image"][torch.as_tensor(pick)]
+                paths.append(self._largest_tumour_figure(images, cams, masks, per, f"{prefix}_{pid}"))
         return rows, paths
 
     @staticmethod
