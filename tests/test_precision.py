@@ -6,10 +6,14 @@ from src.utils import precision
 
 
 def test_cpu_bf16_probe_measures_rounding_where_the_kernels_are_right():
+    import torch
+
+    state = torch.get_rng_state()
     # bf16 keeps 8 significant bits: a correct kernel's weight gradient is within ~0.5 % of float32's
     assert precision.cpu_bf16_conv_error(2) < precision.TOLERANCE
     assert precision.cpu_bf16_conv_error(3, size=4) < precision.TOLERANCE
     assert precision.cpu_bf16_conv_error(3, size=4) > 1e-4  # it did run in bf16
+    assert torch.equal(torch.get_rng_state(), state)  # the job's random stream is untouched
 
 
 def _trainer_and_net(cfg_factory, *overrides):

@@ -24,7 +24,8 @@ def cpu_bf16_conv_error(dims: int, size: int = PROBE_SIZE) -> float:
     worst = 0.0
     for trial in range(PROBE_TRIALS):
         gen = torch.Generator().manual_seed(trial)
-        conv = conv_type(PROBE_CHANNELS, PROBE_CHANNELS, 3, padding=1, bias=False)
+        with torch.random.fork_rng(devices=[]):  # the layer's default initialisation leaves the job's RNG as it was
+            conv = conv_type(PROBE_CHANNELS, PROBE_CHANNELS, 3, padding=1, bias=False)
         with torch.no_grad():
             conv.weight.copy_(0.1 * torch.randn(conv.weight.shape, generator=gen))
         x = torch.randn(2, PROBE_CHANNELS, *[size] * dims, generator=gen)
