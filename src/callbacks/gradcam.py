@@ -524,22 +524,12 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
         scored = pick_patients(patients, labels, self.score_patients) if (weak and score_all) else shown
         ids = getattr(dm, "patient_ids", [])
         rows, paths = [], []
-        if not weak:
-            for p in sorted(shown):
-                idx = np.flatnonzero(patients == p)
-                pid = ids[p] if p < len(ids) else str(p)
-                images = t["image"][torch.as_tensor(idx[:1])]
-                cams, probs = grad_cam(net, images, self.class_index, self.target_layer)
-                k = int(probs[0].argmax()) if self.class_index is None else self.class_index
-                meta = {"patient_id": pid, "label": int(labels[idx[0]]), "prob_high": float(probs[0][-1]),
-                        "class_index": k}
-                out = self.output_dir / f"{prefix}_{pid}.png"
-                paths.append(figure_3d(images[0, 0].float().cpu().numpy(), cams[0], out, self.window_z, meta,
-                                       **self.fig_kw))
-            return rows, paths
-        plan = []  # (patient, its picked rows of the bank, their tumour masks)
+        plan = []  # (patient, its picked rows of the bank, their tumour masks or None)
         for p in sorted(set(shown) | set(scored)):
             idx = np.flatnonzero(patients == p)
+            if not weak:  # one ROI cube per shown patient, drawn
+                plan.append((p, idx[:1], None))
+                continue
             idx = idx[np.argsort(slices[idx], kind="stable")]
             pick = idx[spread(len(idx), self.max_slices)]
             masks = np.stack([dm.slice_mask(int(p), int(slices[i])) for i in pick])
@@ -549,7 +539,7 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
             plan.append((p, pick, masks))
         if not plan:
             return rows, paths
-        # every patient's slices in one call: one copy of the network, full batches
+        # every patient's inputs in one call: one copy of the network, full batches
         every = np.concatenate([pick for _, pick, _ in plan])
         all_cams, all_probs = grad_cam(net, t["image"][torch.as_tensor(every)], self.class_index, self.target_layer)
         start = 0
@@ -557,16 +547,21 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
             cams, probs = all_cams[start:start + len(pick)], all_probs[start:start + len(pick)]
             start += len(pick)
             pid = ids[p] if p < len(ids) else str(p)
-            per = []
-            for j, i in enumerate(pick):
-                k = int(probs[j].argmax()) if self.class_index is None else self.class_index
-                row = {"patient": int(p), "patient_id": pid, "slice_index": int(slices[i]), "label": int(labels[i]),
-                       "prob_high": float(probs[j][-1]), "class_index": k, **localisation(cams[j], masks[j])}
-                per.append(row)
+            images = t["image"][torch.as_tensor(pick)] if p in shown else None  # the drawn inputs
+            classes = [int(q.argmax()) if self.class_index is None else self.class_index for q in probs]
+            if masks is None:
+                meta = {"patient_id": pid, "label": int(labels[pick[0]]), "prob_high": float(probs[0][-1]),
+                        "class_index": classes[0]}
+                out = self.output_dir / f"{prefix}_{pid}.png"
+                paths.append(figure_3d(images[0, 0].float().cpu().numpy(), cams[0], out, self.window_z, meta,
+                                       **self.fig_kw))
+                continue
+            per = [{"patient": int(p), "patient_id": pid, "slice_index": int(slices[i]), "label": int(labels[i]),
+                    "prob_high": float(probs[j][-1]), "class_index": classes[j], **localisation(cams[j], masks[j])}
+                   for j, i in enumerate(pick)]
             if p in scored:
                 rows.extend(per)
             if p in shown:
-                images = t["image"][torch.as_tensor(pick)]
                 paths.append(self._largest_tumour_figure(images, cams, masks, per, f"{prefix}_{pid}"))
         return rows, paths
 
