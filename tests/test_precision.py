@@ -20,7 +20,7 @@ def _trainer_and_net(cfg_factory, *overrides):
     from hydra.utils import instantiate
 
     cfg = cfg_factory(*overrides)
-    return cfg, instantiate(cfg.trainer), instantiate(cfg.model).net
+    return instantiate(cfg.trainer), instantiate(cfg.model).net
 
 
 def test_bf16_guard_refuses_a_3d_network_when_the_probe_fails(cfg_factory, monkeypatch, tmp_path):
@@ -41,10 +41,10 @@ def test_bf16_guard_refuses_a_3d_network_when_the_probe_fails(cfg_factory, monke
 def test_bf16_guard_passes_a_correct_probe_and_skips_float32(cfg_factory, monkeypatch):
     probed = []
     monkeypatch.setattr(precision, "cpu_bf16_conv_error", lambda dims, size=2: probed.append(dims) or 0.004)
-    _, trainer, net = _trainer_and_net(cfg_factory, "supervision=weak", "trainer.precision=bf16-mixed")
+    trainer, net = _trainer_and_net(cfg_factory, "supervision=weak", "trainer.precision=bf16-mixed")
     precision.check_trainer_precision(trainer, net)
     assert probed == [2]
     for prec in ("32-true", "64-true"):
-        _, trainer, net = _trainer_and_net(cfg_factory, "supervision=strong", f"trainer.precision={prec}")
+        trainer, net = _trainer_and_net(cfg_factory, "supervision=strong", f"trainer.precision={prec}")
         precision.check_trainer_precision(trainer, net)  # no bf16: no probe
     assert probed == [2]
