@@ -20,6 +20,7 @@ from src.callbacks.gradcam import (
     pointing_hit,
     resolve_layer,
     spread,
+    summarise,
 )
 
 SQUARE = (slice(36, 52), slice(8, 24))  # rows, columns of the bright square in a 64^2 image
@@ -143,6 +144,24 @@ def test_localisation_scores():
     assert np.isnan(cam_in_tumour(np.zeros((10, 10)), mask)) and np.isnan(pointing_hit(np.zeros((10, 10)), mask))
 
 
+def test_summary_means_over_patients_and_their_largest_tumour_slice():
+    rows = [  # patient 0: a tip slice missed, the middle slice hit; patient 1: one slice, hit
+        {"patient": 0, "cam_in_tumour": 0.0, "cam_pointing": 0.0, "cam_chance": 0.02},
+        {"patient": 0, "cam_in_tumour": 0.6, "cam_pointing": 1.0, "cam_chance": 0.30},
+        {"patient": 0, "cam_in_tumour": float("nan"), "cam_pointing": float("nan"), "cam_chance": 0.50},  # all-zero map
+        {"patient": 1, "cam_in_tumour": 0.4, "cam_pointing": 1.0, "cam_chance": 0.10},
+    ]
+    out = summarise(rows, "test")
+    assert out["test_cam_pointing"] == pytest.approx((0.5 + 1.0) / 2)  # per patient first, then over patients
+    assert out["test_cam_in_tumour"] == pytest.approx((0.3 + 0.4) / 2)
+    assert out["test_cam_chance"] == pytest.approx((0.16 + 0.10) / 2)
+    # the largest tumour slice with a map: patient 0's middle slice (the NaN slice is dropped)
+    assert out["test_cam_pointing_largest"] == pytest.approx(1.0)
+    assert out["test_cam_in_tumour_largest"] == pytest.approx((0.6 + 0.4) / 2)
+    assert out["test_cam_chance_largest"] == pytest.approx((0.30 + 0.10) / 2)
+    assert out["test_cam_n_patients"] == 2 and out["test_cam_n_slices"] == 3
+
+
 def test_grad_cam_leaves_the_training_model_untouched():
     net = _small_resnet(2).train()
     for p in list(net.parameters())[:3]:
@@ -221,7 +240,8 @@ def test_callback_writes_figures_and_scores_in_a_weak_smoke_run(weak_job):
     assert len([p for p in pngs if p.startswith("test_")]) == 2
     assert any(p.startswith("val_epoch000_") for p in pngs) and any(p.startswith("val_epoch001_") for p in pngs)
     saved = json.loads((job / "metrics.json").read_text())
-    for key in ("test_cam_in_tumour", "test_cam_pointing", "test_cam_chance"):
+    for key in ("test_cam_in_tumour", "test_cam_pointing", "test_cam_chance", "test_cam_in_tumour_largest",
+                "test_cam_pointing_largest", "test_cam_chance_largest"):
         assert 0.0 <= saved[key] <= 1.0, key
         assert metrics[key] == pytest.approx(saved[key])
     assert saved["test_cam_n_patients"] == saved["n_test"]  # score_patients: null = every test patient
