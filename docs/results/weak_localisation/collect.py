@@ -9,20 +9,18 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from src.callbacks.gradcam import summarise
+from src.reporting.tables import oracle_perf
 
 rows = []
 for job in map(Path, sys.argv[2:]):
     m = json.loads((job / "metrics.json").read_text())
     scores = pd.read_csv(next(job.rglob("test_scores.csv")))
     cam = summarise(scores.rename(columns={"patient_id": "patient"}).to_dict("records"), "test")
-    test = pd.read_csv(job / "predictions" / "test.csv")
-    cohort = pd.read_csv(job / "cohort.csv")
-    oracle = test.merge(cohort[["patient_id", "oracle_CMP"]], on="patient_id")
+    oracle = oracle_perf(pd.read_csv(job / "cohort.csv"), "CMP", "test")
     rows.append({"job": job.name, "test_auc": m["test_auc"], "train_auc": m["train_auc"],
-                 "oracle_auc": roc_auc_score(oracle["label"], oracle["oracle_CMP"]),
-                 **{k[5:]: v for k, v in cam.items()}})
-pd.DataFrame(rows).round(4).to_csv(sys.argv[1], index=False)
-print(pd.DataFrame(rows).round(3).to_string(index=False))
+                 "oracle_auc": oracle["auc"], **{k[5:]: v for k, v in cam.items()}})
+table = pd.DataFrame(rows)
+table.round(4).to_csv(sys.argv[1], index=False)
+print(table.round(3).to_string(index=False))
