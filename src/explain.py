@@ -72,7 +72,7 @@ def hu_slices(dm, patient: int) -> dict:
     return {int(z): np.asarray(img, dtype=np.float32) for z, img in zip(out["slice_index"], out["slices"])}
 
 
-def score(dm, net, gc, out_dir: Path, class_index, window_z, target_layer) -> list[Path]:
+def score(dm, net, gc, out_dir: Path, class_index, window_z, target_layer, target) -> list[Path]:
     """The callback's test pass on a checkpoint: figures for ``n_patients`` test patients and, weak,
     the localisation score over the test set (``out_dir/test_scores.csv``); prints the metrics."""
     import json
@@ -81,7 +81,8 @@ def score(dm, net, gc, out_dir: Path, class_index, window_z, target_layer) -> li
 
     kw = OmegaConf.to_container(gc, resolve=True) if isinstance(gc, DictConfig) else dict(gc)
     kw = {k: v for k, v in kw.items() if not k.startswith("_")}
-    kw.update(output_dir=str(out_dir), class_index=class_index, window_z=list(window_z), target_layer=target_layer)
+    kw.update(output_dir=str(out_dir), class_index=class_index, window_z=list(window_z), target_layer=target_layer,
+              target=target)
     metrics, paths = GradCamCallback(**kw).compute(dm, net, "test", "test", score_all=True)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return paths
@@ -104,13 +105,14 @@ def explain(opts: DictConfig) -> list[Path]:
     class_index = opts.class_index if opts.class_index is not None else gc.get("class_index")
     window_z = tuple(opts.window_z if opts.window_z is not None else gc.get("window_z", (-2.0, 2.0)))
     target_layer = opts.target_layer or gc.get("target_layer", "layer4")
+    target = opts.target or gc.get("target", "logit")
     out_dir = Path(opts.out_dir) if opts.out_dir else job / "gradcam" / "explain"
 
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("test")
     if opts.score:
-        return score(dm, net, gc, out_dir, class_index, window_z, target_layer)
+        return score(dm, net, gc, out_dir, class_index, window_z, target_layer, target)
     pid = opts.patient_id
     if pid is None:
         test = dm.datasets["test"].tensors["patient"]
@@ -127,7 +129,8 @@ def explain(opts: DictConfig) -> list[Path]:
     paths: list[Path] = []
     if dm.supervision == "strong":
         res = gradcam_figure(net, t["image"][rows[0]].float(), None, 3, out_dir / f"{pid}_roi.png",
-                             class_index=class_index, window=window_z, meta=meta, target_layer=target_layer)
+                             class_index=class_index, window=window_z, meta=meta, target_layer=target_layer,
+                             target=target)
         return [res["path"]]
     order = torch.argsort(slices)
     rows, slices = rows[order], slices[order]
@@ -154,7 +157,8 @@ def explain(opts: DictConfig) -> list[Path]:
         window = hu_window(*opts.window_hu) if shown is not None else window_z
         res = gradcam_figure(net, t["image"][rows[i]].float(), dm.slice_mask(p, z), 2,
                              out_dir / f"{pid}_slice{z:03d}.png", class_index=class_index, display_image=shown,
-                             window=window, meta={**meta, "slice_index": z}, target_layer=target_layer)
+                             window=window, meta={**meta, "slice_index": z}, target_layer=target_layer,
+                             target=target)
         paths.append(res["path"])
         log.info("%s slice %d: p(high)=%.3f, in tumour %.3f (chance %.3f), pointing %.2f", pid, z,
                  res["prob_high"], res["cam_in_tumour"], res["cam_chance"], res["cam_pointing"])

@@ -53,6 +53,22 @@ class SquareNet(nn.Module):
         return self.fc(self.pool(self.layer4(self.stem(x))).flatten(1))
 
 
+class SharedNet(SquareNet):
+    """SquareNet with a second ``layer4`` channel that responds to the dark background (1 - x) and that
+    both logits weigh alike (+2): the softmax, and so the prediction, ignore it; only the bright
+    channel (class 1 weight +1, class 0 weight -1) changes p(high)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer4 = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.layer4[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.layer4[0].bias.copy_(torch.tensor([0.0, 1.0]))
+            self.fc.weight.copy_(torch.tensor([[-1.0, 2.0], [1.0, 2.0]]))
+            self.fc.bias.zero_()
+
+
 def _square_mask(size: int = 64) -> np.ndarray:
     m = np.zeros((size, size), bool)
     m[SQUARE] = True
@@ -105,6 +121,21 @@ def test_heat_map_maximum_inside_the_bright_square():
     scores = localisation(cam, mask)
     assert scores["cam_pointing"] == 1.0
     assert scores["cam_in_tumour"] > 0.5 > scores["cam_chance"]  # most of the mass is on the square
+
+
+def test_log_softmax_target_ignores_what_both_logits_share():
+    """The raw logit's map follows the background channel both classes share; the log-probability's
+    (the logit margin's, with two classes) follows the bright square, the only thing that moves the
+    prediction."""
+    net, x, mask = SharedNet(), square_image(), _square_mask()
+    logit, _ = grad_cam(net, x, class_index=1, target_layer="layer4")
+    margin, probs = grad_cam(net, x, class_index=1, target_layer="layer4", target="log_softmax")
+    assert pointing_hit(logit[0], mask) == 0.0 and cam_in_tumour(logit[0], mask) < chance_level(mask)
+    assert pointing_hit(margin[0], mask) == 1.0
+    assert cam_in_tumour(margin[0], mask) > 10 * chance_level(mask)
+    np.testing.assert_allclose(probs, grad_cam(net, x, class_index=1, target_layer="layer4")[1])
+    with pytest.raises(ValueError, match="Grad-CAM target 'softmax'"):
+        grad_cam(net, x, class_index=1, target_layer="layer4", target="softmax")
 
 
 def test_monai_default_normaliser_would_invert_the_map():

@@ -107,12 +107,13 @@ def test_bag_grad_cam_is_grad_cam_of_the_patient_logit_slice_by_slice():
     net = mil_resnet18(widen_factor=0.25).eval()
 
     class AsImage(torch.nn.Module):
-        def __init__(self, mil):
+        def __init__(self, mil, log_softmax=False):
             super().__init__()
-            self.mil = mil
+            self.mil, self.log_softmax = mil, log_softmax
 
         def forward(self, x):
-            return self.mil(x.unsqueeze(1))
+            y = self.mil(x.unsqueeze(1))
+            return y.log_softmax(-1) if self.log_softmax else y
 
     one = torch.randn(1, 1, 64, 64)
     maps, probs, weights = bag_grad_cam(net, one, class_index=1, target_layer="layer3")
@@ -120,6 +121,11 @@ def test_bag_grad_cam_is_grad_cam_of_the_patient_logit_slice_by_slice():
     expect = GradCAM(nn_module=AsImage(net).eval(), target_layers="mil.net.layer3", postprocessing=minmax)(
         x=one, class_idx=1)
     assert maps.shape == (1, 64, 64) and probs.shape == (2,) and weights.tolist() == [1.0]
+    np.testing.assert_allclose(maps[0], expect[0, 0].detach().numpy(), atol=1e-5)
+    # the log-probability target: MONAI's GradCAM of the bag model's log-softmax
+    maps, _, _ = bag_grad_cam(net, one, class_index=1, target_layer="layer3", target="log_softmax")
+    expect = GradCAM(nn_module=AsImage(net, log_softmax=True).eval(), target_layers="mil.net.layer3",
+                     postprocessing=minmax)(x=one, class_idx=1)
     np.testing.assert_allclose(maps[0], expect[0, 0].detach().numpy(), atol=1e-5)
 
     bag = torch.randn(5, 1, 64, 64)

@@ -50,9 +50,34 @@ AUTO = "auto"
 STAGES = ("layer4", "layer3", "layer2", "layer1")  # ResNet residual stages, deepest first
 CAM_KEYS = ("cam_in_tumour", "cam_pointing", "cam_chance")
 CAM_BATCH = 16  # samples per forward/backward pass; each sample's map is independent of the others (eval mode)
+TARGETS = ("logit", "log_softmax")  # the score whose gradient weights the map, see explained_score
 
 
 # ---------------------------------------------------------------------------- heat maps
+def explained_score(target: str):
+    """The function of the logits (N, K) -> (N, K) whose column ``k`` Grad-CAM differentiates.
+
+    ``logit``: the class's raw logit (Selvaraju et al.; MONAI's GradCAM). ``log_softmax``: the class's
+    log-probability, ``y_k - logsumexp(y)``. The softmax ignores what all logits share, so the raw
+    logit's gradient carries a component that does not change the prediction; the log-probability's
+    does not. With two classes its gradient is ``(1 - p_k)`` times that of the margin ``y_k - y_j``:
+    after :func:`minmax` the map of the margin."""
+    if target not in TARGETS:
+        raise ValueError(f"Grad-CAM target {target!r}: expected one of {TARGETS}")
+    return (lambda y: y) if target == "logit" else (lambda y: y.log_softmax(-1))
+
+
+class _Scored(nn.Module):
+    """``net`` followed by :func:`explained_score` (its layers keep their names under ``net.``)."""
+
+    def __init__(self, net: nn.Module, target: str):
+        super().__init__()
+        self.net, self.score = net, explained_score(target)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(self.net(x))
+
+
 def minmax(x: torch.Tensor, rtol: float = 1e-4) -> torch.Tensor:
     """Per-sample min-max normalisation to [0, 1] (max -> 1, min -> 0), unlike MONAI's default
     normaliser, which inverts the map. A map that is constant up to rounding (span <= ``rtol`` x its
@@ -101,21 +126,23 @@ def resolve_layer(net: nn.Module, example: torch.Tensor, target_layer: str, min_
 
 
 def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[int] | None = None,
-             target_layer: str = TARGET_LAYER, copy_net: bool = True) -> tuple[np.ndarray, np.ndarray]:
+             target_layer: str = TARGET_LAYER, copy_net: bool = True,
+             target: str = "logit") -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of ``images`` (N, C, *spatial) -> (maps (N, *spatial) in [0, 1], probabilities (N, K)).
 
     In batches of samples that share a class index (in eval mode a sample's gradient does not depend on
     the others in its batch); ``class_index`` None = each sample's predicted class. ``target_layer``
     ``"auto"``: see :func:`resolve_layer`. ``copy_net=False`` runs on ``net`` itself (MONAI then
-    leaves hooks on it: only for throw-away networks).
+    leaves hooks on it: only for throw-away networks). ``target``: the differentiated score of the
+    class, see :func:`explained_score`.
     """
     from monai.visualize import GradCAM
 
     with torch.inference_mode(False), torch.enable_grad():
         model = explainable_copy(net) if copy_net else net.eval()
         device = next(model.parameters()).device
-        target_layer = resolve_layer(model, images, target_layer)
-        cam = GradCAM(nn_module=model, target_layers=target_layer, postprocessing=minmax)
+        target_layer = "net." + resolve_layer(model, images, target_layer)
+        cam = GradCAM(nn_module=_Scored(model, target), target_layers=target_layer, postprocessing=minmax)
         with torch.no_grad():  # eval mode: batching does not change the outputs
             all_probs = torch.cat([model(images[j:j + CAM_BATCH].detach().float().to(device)).float().softmax(-1)
                                    for j in range(0, len(images), CAM_BATCH)]).cpu()
@@ -137,15 +164,15 @@ def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[i
     return np.stack(maps).astype(np.float32), probs
 
 
-def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = None,
-                 target_layer: str = AUTO) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = None, target_layer: str = AUTO,
+                 target: str = "logit") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Grad-CAM of an attention-MIL bag model (MONAI ``MILModel``, instance encoder ``net.net``) for one
     patient's slices ``bag`` (N, C, H, W) -> (one map per slice (N, H, W) in [0, 1], the bag's class
     probabilities (K,), each slice's attention weight (N,) summing to 1, or None for a model without
     attention pooling).
 
-    The same Grad-CAM as :func:`grad_cam`, with the bag's logit as the target: the encoder layer's
-    activations of each slice, weighted by the spatial mean of the gradient of the patient's logit for
+    The same Grad-CAM as :func:`grad_cam`, with the bag's score (``target``) as the target: the encoder layer's
+    activations of each slice, weighted by the spatial mean of the gradient of the patient's score for
     ``class_index`` (None = the predicted class) with respect to them, summed over channels, ReLU,
     bilinear upsampling to the slice size, :func:`minmax` per slice. Runs on a copy in eval mode."""
     import torch.nn.functional as F
@@ -171,7 +198,7 @@ def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = No
             probs = logits.softmax(-1)[0].detach()
             k = int(probs.argmax()) if class_index is None else int(class_index)
             model.zero_grad(set_to_none=True)
-            logits[0, k].backward()
+            explained_score(target)(logits)[0, k].backward()
         finally:
             for h in hooks:
                 h.remove()
@@ -352,7 +379,7 @@ def _save(fig, out_path: str | Path, dpi: int) -> Path:
 def gradcam_figure(net: nn.Module, image_tensor: torch.Tensor, mask_or_None: np.ndarray | None, spatial_dims: int,
                    out_path: str | Path, class_index: int | None = 1, *, display_image: np.ndarray | None = None,
                    window: tuple[float, float] = (-2.0, 2.0), meta: dict | None = None,
-                   target_layer: str = TARGET_LAYER) -> dict:
+                   target_layer: str = TARGET_LAYER, target: str = "logit") -> dict:
     """Grad-CAM of one model input and its Figure-6 PNG; the entry point for other code (src.predict).
 
     ``image_tensor``: the model's input for one sample, (C, *spatial) or (1, C, *spatial), as the
@@ -368,7 +395,7 @@ def gradcam_figure(net: nn.Module, image_tensor: torch.Tensor, mask_or_None: np.
     x = image_tensor if image_tensor.dim() == spatial_dims + 2 else image_tensor[None]
     if x.dim() != spatial_dims + 2 or len(x) != 1:
         raise ValueError(f"expected one {spatial_dims}D sample (C, *spatial), got shape {tuple(image_tensor.shape)}")
-    cams, probs = grad_cam(net, x, class_index, target_layer=target_layer)
+    cams, probs = grad_cam(net, x, class_index, target_layer=target_layer, target=target)
     cam, p = cams[0], probs[0]
     k = int(p.argmax()) if class_index is None else int(class_index)
     shown = np.asarray(display_image if display_image is not None else x[0, 0].float().cpu().numpy())
@@ -421,7 +448,7 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
 
     def __init__(self, output_dir: str, every_n_epochs: int = 5, n_patients: int = 4, max_slices: int = 8,
                  score_patients: int | None = None, on_validation: bool = True, on_test: bool = True,
-                 class_index: int | None = None, target_layer: str | None = TARGET_LAYER,
+                 class_index: int | None = None, target_layer: str | None = TARGET_LAYER, target: str = "logit",
                  window_z: Sequence[float] = (0.9, 1.8), alpha: float = 0.45, cmap: str = "jet",
                  dpi: int = 100):
         self.output_dir = Path(output_dir)
@@ -431,6 +458,8 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
         self.on_test = bool(on_test) and target_layer is not None
         self.class_index = None if class_index is None else int(class_index)
         self.target_layer, self.window_z = target_layer, tuple(float(v) for v in window_z)
+        explained_score(target)  # an unknown target fails here, not after training
+        self.target = target
         self.fig_kw = {"alpha": float(alpha), "cmap": cmap, "dpi": int(dpi)}
         self.test_metrics: dict[str, float] = {}
         self.written: list[Path] = []
@@ -496,7 +525,7 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
             slices = ds.slices[i].cpu().numpy()
             order = np.argsort(slices, kind="stable")
             bag = ds.batch(torch.as_tensor([i]))["image"][0][torch.as_tensor(order)]  # (N, 1, H, W), by slice
-            cams, probs, weights = bag_grad_cam(net, bag, self.class_index, self.target_layer or AUTO)
+            cams, probs, weights = bag_grad_cam(net, bag, self.class_index, self.target_layer or AUTO, self.target)
             k = int(probs.argmax()) if self.class_index is None else self.class_index
             pick = spread(len(order), self.max_slices)
             masks = np.stack([dm.slice_mask(int(p), int(slices[order[j]])) for j in pick])
@@ -547,7 +576,8 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
             return rows, paths
         # every patient's inputs in one call: one copy of the network, full batches
         every = np.concatenate([pick for _, pick, _ in plan])
-        all_cams, all_probs = grad_cam(net, t["image"][torch.as_tensor(every)], self.class_index, self.target_layer)
+        all_cams, all_probs = grad_cam(net, t["image"][torch.as_tensor(every)], self.class_index, self.target_layer,
+                                       target=self.target)
         start = 0
         for p, pick, masks in plan:
             cams, probs = all_cams[start:start + len(pick)], all_probs[start:start + len(pick)]
