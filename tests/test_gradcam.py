@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from src.callbacks.gradcam import (
     cam_in_tumour,
+    ceiling_map,
     chance_level,
     grad_cam,
     gradcam_figure,
@@ -175,6 +176,19 @@ def test_localisation_scores():
     assert np.isnan(cam_in_tumour(np.zeros((10, 10)), mask)) and np.isnan(pointing_hit(np.zeros((10, 10)), mask))
 
 
+def test_ceiling_is_the_tumour_itself_at_the_layers_resolution():
+    """A map of the mask on the layer's grid: perfect at full resolution, coarser grids spread the
+    tumour's cells over their neighbourhood (less mass inside, still far above chance)."""
+    mask = _square_mask()  # 16 x 16 pixels of 64^2: chance 1/16
+    full = localisation(np.zeros((64, 64)), mask, grid=(64, 64))
+    assert full["cam_in_tumour_ceiling"] == pytest.approx(1.0) and full["cam_pointing_ceiling"] == 1.0
+    np.testing.assert_allclose(ceiling_map(mask, (64, 64)), mask.astype(np.float32))
+    by_grid = [localisation(np.ones((64, 64)), mask, grid=(g, g))["cam_in_tumour_ceiling"] for g in (16, 8, 4)]
+    assert 1.0 > by_grid[0] > by_grid[1] > by_grid[2] > 3 * chance_level(mask)
+    assert localisation(np.ones((64, 64)), mask, grid=(8, 8))["cam_pointing_ceiling"] == 1.0
+    assert "cam_in_tumour_ceiling" not in localisation(np.ones((64, 64)), mask)  # no grid, no ceiling
+
+
 def test_summary_means_over_patients_and_their_largest_tumour_slice():
     rows = [  # patient 0: a tip slice missed, the middle slice hit; patient 1: one slice, hit
         {"patient": 0, "cam_in_tumour": 0.0, "cam_pointing": 0.0, "cam_chance": 0.02},
@@ -272,9 +286,12 @@ def test_callback_writes_figures_and_scores_in_a_weak_smoke_run(weak_job):
     assert any(p.startswith("val_epoch000_") for p in pngs) and any(p.startswith("val_epoch001_") for p in pngs)
     saved = json.loads((job / "metrics.json").read_text())
     for key in ("test_cam_in_tumour", "test_cam_pointing", "test_cam_chance", "test_cam_in_tumour_largest",
-                "test_cam_pointing_largest", "test_cam_chance_largest"):
+                "test_cam_pointing_largest", "test_cam_chance_largest", "test_cam_in_tumour_ceiling",
+                "test_cam_pointing_ceiling", "test_cam_in_tumour_ceiling_largest"):
         assert 0.0 <= saved[key] <= 1.0, key
         assert metrics[key] == pytest.approx(saved[key])
+    # the smoke run's 32^2 slices are explained on layer1's 8 x 8 map: its ceiling is far above chance
+    assert saved["test_cam_in_tumour_ceiling"] > 2 * saved["test_cam_chance"]
     assert saved["test_cam_n_patients"] == saved["n_test"]  # score_patients: null = every test patient
     assert (job / "gradcam" / "test_scores.csv").is_file()
 

@@ -49,6 +49,7 @@ TARGET_LAYER = "layer4"  # on the net; "net.layer4" on the LightningModule
 AUTO = "auto"
 STAGES = ("layer4", "layer3", "layer2", "layer1")  # ResNet residual stages, deepest first
 CAM_KEYS = ("cam_in_tumour", "cam_pointing", "cam_chance")
+CEILING_KEYS = ("cam_in_tumour_ceiling", "cam_pointing_ceiling")  # the same scores of ceiling_map
 CAM_BATCH = 16  # samples per forward/backward pass; each sample's map is independent of the others (eval mode)
 TARGETS = ("logit", "log_softmax")  # the score whose gradient weights the map, see explained_score
 
@@ -100,6 +101,24 @@ def explainable_copy(net: nn.Module) -> nn.Module:
     return twin
 
 
+def map_sizes(net: nn.Module, example: torch.Tensor, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The spatial shape of each named layer's output (``net.get_submodule(name)``) for an input shaped
+    like ``example`` (1, C, *spatial): one forward pass in eval mode without gradients, so BatchNorm
+    statistics and the network's mode are left as they were."""
+    sizes: dict[str, tuple[int, ...]] = {}
+    hooks = [net.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[2:]))) for name in layers]
+    training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(example[:1].detach().float().to(next(net.parameters()).device))
+    finally:
+        net.train(training)
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
 def resolve_layer(net: nn.Module, example: torch.Tensor, target_layer: str, min_cells: int = 8) -> str:
     """``target_layer`` itself, or for ``"auto"`` the deepest ResNet stage (``layer4`` ... ``layer1``)
     whose feature map for an input shaped like ``example`` (1, C, *spatial) has at least ``min_cells``
@@ -111,17 +130,7 @@ def resolve_layer(net: nn.Module, example: torch.Tensor, target_layer: str, min_
     if not stages:
         raise ValueError(f"target_layer={AUTO!r} needs a network with ResNet stages {STAGES}; "
                          f"{type(net).__name__} has none: name its layer (model.cam_layer)")
-    sizes: dict[str, tuple[int, ...]] = {}
-    hooks = [getattr(net, name).register_forward_hook(
-        lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[2:]))) for name in stages]
-    training = net.training
-    try:
-        with torch.no_grad():  # in eval mode: the probe never updates BatchNorm statistics
-            net.eval()(example[:1].detach().float().to(next(net.parameters()).device))
-    finally:
-        net.train(training)
-        for h in hooks:
-            h.remove()
+    sizes = map_sizes(net, example, stages)
     return next((name for name in stages if min(sizes[name]) >= min_cells), stages[-1])
 
 
@@ -243,12 +252,31 @@ def chance_level(mask: np.ndarray) -> float:
     return float(mask.mean())
 
 
-def localisation(cam: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+def ceiling_map(mask: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+    """The best heat map a layer whose output has ``grid`` cells can give for a 2D tumour ``mask``: the
+    tumour's share of each cell (average pooling), upsampled to the mask's size as Grad-CAM's map is
+    (bilinear), min-max scaled. Its scores are what a model that looks at the tumour and nowhere else
+    reaches at that resolution."""
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+    cells = F.adaptive_avg_pool2d(t, tuple(int(g) for g in grid))
+    up = F.interpolate(cells, size=tuple(t.shape[2:]), mode="bilinear", align_corners=False)
+    return minmax(up)[0, 0].numpy()
+
+
+def localisation(cam: np.ndarray, mask: np.ndarray, grid: Sequence[int] | None = None) -> dict[str, float]:
+    """The three scores of ``cam`` for ``mask``; with ``grid`` (the explained layer's map shape) also
+    those of :func:`ceiling_map` (``cam_in_tumour_ceiling``, ``cam_pointing_ceiling``)."""
     mask = np.asarray(mask, dtype=bool)
     if cam.shape != mask.shape:
         raise ValueError(f"heat map {cam.shape} and mask {mask.shape} differ in shape")
-    return {"cam_in_tumour": cam_in_tumour(cam, mask), "cam_pointing": pointing_hit(cam, mask),
-            "cam_chance": chance_level(mask)}
+    out = {"cam_in_tumour": cam_in_tumour(cam, mask), "cam_pointing": pointing_hit(cam, mask),
+           "cam_chance": chance_level(mask)}
+    if grid is not None:
+        best = ceiling_map(mask, grid)
+        out.update(cam_in_tumour_ceiling=cam_in_tumour(best, mask), cam_pointing_ceiling=pointing_hit(best, mask))
+    return out
 
 
 def summarise(rows: list[dict], prefix: str) -> dict[str, float]:
@@ -261,10 +289,11 @@ def summarise(rows: list[dict], prefix: str) -> dict[str, float]:
     if df.empty:
         return {}
     df = df.dropna(subset=["cam_in_tumour"])
-    per_patient = df.groupby("patient")[list(CAM_KEYS)].mean()
-    largest = df.loc[df.groupby("patient")["cam_chance"].idxmax(), list(CAM_KEYS)]
-    out = {f"{prefix}_{k}": float(per_patient[k].mean()) for k in CAM_KEYS}
-    out.update({f"{prefix}_{k}_largest": float(largest[k].mean()) for k in CAM_KEYS})
+    keys = [k for k in CAM_KEYS + CEILING_KEYS if k in df]
+    per_patient = df.groupby("patient")[keys].mean()
+    largest = df.loc[df.groupby("patient")["cam_chance"].idxmax(), keys]
+    out = {f"{prefix}_{k}": float(per_patient[k].mean()) for k in keys}
+    out.update({f"{prefix}_{k}_largest": float(largest[k].mean()) for k in keys})
     out[f"{prefix}_cam_n_patients"] = int(len(per_patient))
     out[f"{prefix}_cam_n_slices"] = int(len(df))
     return out
@@ -506,10 +535,12 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
             atomic_write_csv(self.output_dir / "test_scores.csv", pd.DataFrame(rows).drop(columns="patient"))
         if metrics:
             log.info("grad-cam %s: in tumour %.3f, pointing %.3f, chance %.3f (%d patients, %d slices); "
-                     "largest tumour slice: in tumour %.3f, pointing %.3f, chance %.3f", split,
+                     "largest tumour slice: in tumour %.3f, pointing %.3f, chance %.3f; a map of the tumour "
+                     "itself at this layer's resolution: in tumour %.3f, pointing %.3f", split,
                      *(metrics[f"{split}_cam_{k}"] for k in ("in_tumour", "pointing", "chance", "n_patients",
                                                               "n_slices", "in_tumour_largest", "pointing_largest",
-                                                              "chance_largest")))
+                                                              "chance_largest", "in_tumour_ceiling",
+                                                              "pointing_ceiling")))
         return metrics, paths
 
     def _bag_rows(self, dm, net: nn.Module, ds, prefix: str, score_all: bool) -> tuple[list[dict], list[Path]]:
@@ -519,19 +550,20 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
         shown = pick_patients(patients, labels, self.n_patients)
         scored = pick_patients(patients, labels, self.score_patients) if score_all else shown
         ids = getattr(dm, "patient_ids", [])
-        rows, paths = [], []
+        rows, paths, grid = [], [], None
         for p in sorted(set(shown) | set(scored)):
             i = int(np.flatnonzero(patients == p)[0])
             slices = ds.slices[i].cpu().numpy()
             order = np.argsort(slices, kind="stable")
             bag = ds.batch(torch.as_tensor([i]))["image"][0][torch.as_tensor(order)]  # (N, 1, H, W), by slice
             cams, probs, weights = bag_grad_cam(net, bag, self.class_index, self.target_layer or AUTO, self.target)
+            grid = grid or self._grid(net.net, bag)  # every slice has the same size
             k = int(probs.argmax()) if self.class_index is None else self.class_index
             pick = spread(len(order), self.max_slices)
             masks = np.stack([dm.slice_mask(int(p), int(slices[order[j]])) for j in pick])
             pid = ids[p] if p < len(ids) else str(p)
             per = [{"patient": int(p), "patient_id": pid, "slice_index": int(slices[order[j]]), "label": int(labels[i]),
-                    "prob_high": float(probs[-1]), "class_index": k, **localisation(cams[j], masks[n]),
+                    "prob_high": float(probs[-1]), "class_index": k, **localisation(cams[j], masks[n], grid),
                     "attention": float(weights[j]) if weights is not None else float("nan")}
                    for n, j in enumerate(pick)]
             if p in scored:
@@ -540,6 +572,11 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
                 paths.append(self._largest_tumour_figure(bag[torch.as_tensor(pick)], cams[pick], masks, per,
                                                          f"{prefix}_{pid}"))
         return rows, paths
+
+    def _grid(self, net: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
+        """The explained layer's map shape for inputs shaped like ``example`` (the localisation ceiling's grid)."""
+        layer = resolve_layer(net, example, self.target_layer or AUTO)
+        return map_sizes(net, example, [layer])[layer]
 
     def _largest_tumour_figure(self, images: torch.Tensor, cams: np.ndarray, masks: np.ndarray, rows: list[dict],
                                name: str) -> Path:
@@ -578,6 +615,7 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
         every = np.concatenate([pick for _, pick, _ in plan])
         all_cams, all_probs = grad_cam(net, t["image"][torch.as_tensor(every)], self.class_index, self.target_layer,
                                        target=self.target)
+        grid = self._grid(net, t["image"][torch.as_tensor(every[:1])]) if weak else None
         start = 0
         for p, pick, masks in plan:
             cams, probs = all_cams[start:start + len(pick)], all_probs[start:start + len(pick)]
@@ -593,7 +631,8 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
                                        **self.fig_kw))
                 continue
             per = [{"patient": int(p), "patient_id": pid, "slice_index": int(slices[i]), "label": int(labels[i]),
-                    "prob_high": float(probs[j][-1]), "class_index": classes[j], **localisation(cams[j], masks[j])}
+                    "prob_high": float(probs[j][-1]), "class_index": classes[j],
+                    **localisation(cams[j], masks[j], grid)}
                    for j, i in enumerate(pick)]
             if p in scored:
                 rows.extend(per)
