@@ -190,11 +190,12 @@ def test_ceiling_is_the_tumour_itself_at_the_layers_resolution():
 
 
 def test_summary_means_over_patients_and_their_largest_tumour_slice():
-    rows = [  # patient 0: a tip slice missed, the middle slice hit; patient 1: one slice, hit
-        {"patient": 0, "cam_in_tumour": 0.0, "cam_pointing": 0.0, "cam_chance": 0.02},
-        {"patient": 0, "cam_in_tumour": 0.6, "cam_pointing": 1.0, "cam_chance": 0.30},
-        {"patient": 0, "cam_in_tumour": float("nan"), "cam_pointing": float("nan"), "cam_chance": 0.50},  # all-zero map
-        {"patient": 1, "cam_in_tumour": 0.4, "cam_pointing": 1.0, "cam_chance": 0.10},
+    rows = [  # patient 0: a tip slice missed (called low), the middle slice hit; patient 1: one slice, hit
+        {"patient": 0, "class_index": 0, "cam_in_tumour": 0.0, "cam_pointing": 0.0, "cam_chance": 0.02},
+        {"patient": 0, "class_index": 1, "cam_in_tumour": 0.6, "cam_pointing": 1.0, "cam_chance": 0.30},
+        {"patient": 0, "class_index": 1, "cam_in_tumour": float("nan"), "cam_pointing": float("nan"),
+         "cam_chance": 0.50},  # an all-zero map
+        {"patient": 1, "class_index": 1, "cam_in_tumour": 0.4, "cam_pointing": 1.0, "cam_chance": 0.10},
     ]
     out = summarise(rows, "test")
     assert out["test_cam_pointing"] == pytest.approx((0.5 + 1.0) / 2)  # per patient first, then over patients
@@ -205,6 +206,11 @@ def test_summary_means_over_patients_and_their_largest_tumour_slice():
     assert out["test_cam_in_tumour_largest"] == pytest.approx((0.6 + 0.4) / 2)
     assert out["test_cam_chance_largest"] == pytest.approx((0.30 + 0.10) / 2)
     assert out["test_cam_n_patients"] == 2 and out["test_cam_n_slices"] == 3
+    # by the class each map explains: the slices called high hit, the one called low missed
+    assert out["test_cam_pointing_for_high"] == 1.0 and out["test_cam_in_tumour_for_high"] == pytest.approx(0.5)
+    assert out["test_cam_pointing_for_low"] == 0.0 and out["test_cam_chance_for_low"] == pytest.approx(0.02)
+    assert out["test_cam_n_slices_for_high"] == 2 and out["test_cam_n_slices_for_low"] == 1
+    assert not any(k.endswith("_for_low") for k in summarise(rows[1:], "test"))  # no slice called low
 
 
 def test_grad_cam_leaves_the_training_model_untouched():

@@ -280,9 +280,11 @@ def localisation(cam: np.ndarray, mask: np.ndarray, grid: Sequence[int] | None =
 
 
 def summarise(rows: list[dict], prefix: str) -> dict[str, float]:
-    """Per-slice rows (patient, cam_*) -> ``{prefix}_cam_*`` (mean over patients of the per-patient
-    mean), ``{prefix}_cam_*_largest`` (mean over patients of their scored slice with the largest
-    tumour share: the slice Figure 6 shows), ``{prefix}_cam_n_patients``, ``{prefix}_cam_n_slices``."""
+    """Per-slice rows (patient, cam_*, class_index) -> ``{prefix}_cam_*`` (mean over patients of the
+    per-patient mean), ``{prefix}_cam_*_largest`` (mean over patients of their scored slice with the
+    largest tumour share: the slice Figure 6 shows), ``{prefix}_cam_*_for_high`` / ``_for_low`` (the
+    same mean over the slices whose map explains that class: with the predicted class explained, the
+    slices called high / low), ``{prefix}_cam_n_patients``, ``{prefix}_cam_n_slices``."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -294,6 +296,11 @@ def summarise(rows: list[dict], prefix: str) -> dict[str, float]:
     largest = df.loc[df.groupby("patient")["cam_chance"].idxmax(), keys]
     out = {f"{prefix}_{k}": float(per_patient[k].mean()) for k in keys}
     out.update({f"{prefix}_{k}_largest": float(largest[k].mean()) for k in keys})
+    for c, name in ((1, "high"), (0, "low")):  # the slices whose map explains that class, if any
+        part = df[df["class_index"] == c] if "class_index" in df else df.iloc[:0]
+        if len(part):
+            out.update({f"{prefix}_{k}_for_{name}": float(part.groupby("patient")[k].mean().mean()) for k in CAM_KEYS})
+            out[f"{prefix}_cam_n_slices_for_{name}"] = int(len(part))
     out[f"{prefix}_cam_n_patients"] = int(len(per_patient))
     out[f"{prefix}_cam_n_slices"] = int(len(df))
     return out
