@@ -191,10 +191,10 @@ def _patient_table(t2: pd.DataFrame, ot: pd.DataFrame | None, empty: str) -> str
         }
     )
     if "cam_in_tumour" in t2:  # mil: Grad-CAM localisation on the testing set, as Table 3
-        from src.reporting.gradcam import cam_cell
+        from src.reporting.gradcam import cam_table_columns
 
-        v["Grad-CAM in tumour / pointing / chance"] = [
-            cam_cell(a, b, c) for a, b, c in zip(t2["cam_in_tumour"], t2["cam_pointing"], t2["cam_chance"])]
+        for name, col in cam_table_columns(t2).items():
+            v[name] = col
     if ot is not None and len(ot):
         v["Test AUC / oracle"] = [fmt(x) for x in t2["test_auc_of_oracle"]]
         v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "AUC (95% CI) training / testing",
@@ -258,13 +258,11 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
                 "n patients": [str(int(x)) if x == x else "NA" for x in t3["patient_n"]],
             }
         )
-        # Grad-CAM: Grad-CAM localisation column
-        from src.reporting.gradcam import cam_cell
+        if "cam_in_tumour" in t3:  # Grad-CAM localisation columns
+            from src.reporting.gradcam import cam_table_columns
 
-        if "cam_in_tumour" in t3:
-            v["Grad-CAM in tumour / pointing / chance"] = [
-                cam_cell(a, b, c) for a, b, c in zip(t3["cam_in_tumour"], t3["cam_pointing"], t3["cam_chance"])
-            ]
+            for name, col in cam_table_columns(t3).items():
+                v[name] = col
         if ot is not None and len(ot):
             v["Patient AUC / oracle"] = [fmt(x) for x in t3["patient_auc_of_oracle"]]
             v = pd.concat([v, _oracle_rows(ot, v.columns, "Model", "Patient AUC (95% CI)", by_split=True,
@@ -282,7 +280,9 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
             "mass inside the tumour / "
             "share of slices whose heat-map maximum lies in the tumour (pointing game) / chance level = the "
             "tumour's share of the slice area (what both are for an uninformative map); mean over patients "
-            "of the per-patient mean over up to 8 lesion slices (docs/gradcam.md).\n\n"
+            "of the per-patient mean over up to 8 lesion slices (docs/gradcam.md). Ceiling: the same two "
+            "scores for the tumour mask itself on the explained layer's grid, the best a map of that "
+            "resolution can reach.\n\n"
         )
     _figures(md, figs, (("roc_weak", "Figure 5. ROC curves, weakly supervised models"),
                         ("confusion_weak", "Figure A2. Confusion matrices, weakly supervised, testing set")))

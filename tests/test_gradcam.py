@@ -369,12 +369,15 @@ def test_report_has_cam_column_and_figure6_panel(tmp_path):
     job = _make_job(tmp_path, 3, "UP", "weak")
     _make_job(tmp_path, 0, "UP", "strong")
     metrics = json.loads((job / "metrics.json").read_text())
-    metrics.update({"test_cam_in_tumour": 0.31, "test_cam_pointing": 0.5, "test_cam_chance": 0.04})
+    metrics.update({"test_cam_in_tumour": 0.31, "test_cam_pointing": 0.5, "test_cam_chance": 0.04,
+                    "test_cam_in_tumour_ceiling": 0.62, "test_cam_pointing_ceiling": 0.91})
     (job / "metrics.json").write_text(json.dumps(metrics))
     png = gradcam_figure(SquareNet(), square_image()[0], _square_mask(), 2, job / "gradcam" / "test_tr000.png")["path"]
     md = write_report(tmp_path).read_text(encoding="utf-8")
     t3 = pd.read_csv(tmp_path / "report" / "table3_weak.csv").set_index("split")
     assert t3.loc["test", "cam_in_tumour"] == pytest.approx(0.31) and np.isnan(t3.loc["train", "cam_pointing"])
     assert "0.310 / 0.500 / 0.040" in md and "Grad-CAM in tumour / pointing / chance" in md
+    assert "| 0.620 / 0.910 |" in md and "Grad-CAM ceiling: in tumour / pointing" in md
+    assert t3.loc["test", "cam_in_tumour_ceiling"] == pytest.approx(0.62)
     assert (tmp_path / "report" / "gradcam_UP.png").read_bytes() == png.read_bytes()
     assert "](gradcam_UP.png)" in md and md.index("Figure 6") < md.index("## DeLong")

@@ -2,7 +2,9 @@
 
 Each weak job's metrics.json carries ``test_cam_in_tumour`` (share of the heat map's mass inside
 the tumour), ``test_cam_pointing`` (share of slices whose heat-map maximum is in the tumour) and
-``test_cam_chance`` (tumour share of the slice area: both scores for an uninformative map); the
+``test_cam_chance`` (tumour share of the slice area: both scores for an uninformative map) and
+``test_cam_{in_tumour,pointing}_ceiling`` (both scores of the tumour itself on the explained layer's
+grid: the best the layer allows); the
 job's ``gradcam/`` folder holds Figure-6 PNGs (CT | heat map | tumour location) written by
 ``src.callbacks.gradcam``.
 """
@@ -12,7 +14,7 @@ import math
 import shutil
 from pathlib import Path
 
-CAM_COLUMNS = ("cam_in_tumour", "cam_pointing", "cam_chance")
+CAM_COLUMNS = ("cam_in_tumour", "cam_pointing", "cam_chance", "cam_in_tumour_ceiling", "cam_pointing_ceiling")
 
 
 def _num(v) -> float:
@@ -23,16 +25,26 @@ def _num(v) -> float:
 
 
 def cam_metrics(metrics: dict, split: str) -> dict[str, float]:
-    """``{cam_in_tumour, cam_pointing, cam_chance}`` of one split from a job's metrics (NaN if absent)."""
+    """The :data:`CAM_COLUMNS` of one split from a job's metrics (NaN if absent)."""
     return {k: _num(metrics.get(f"{split}_{k}")) for k in CAM_COLUMNS}
 
 
-def cam_cell(in_tumour: float, pointing: float, chance: float) -> str:
-    """'0.123 / 0.456 / 0.050' for Table 3, '' when the job has no Grad-CAM score."""
-    vals = [in_tumour, pointing, chance]
+def cam_cell(*vals: float) -> str:
+    """'0.123 / 0.456 / 0.050' for Table 3, '' when the job has none of the scores."""
     if all(isinstance(v, float) and math.isnan(v) for v in vals):
         return ""
     return " / ".join("NA" if v != v else f"{v:.3f}" for v in vals)
+
+
+def cam_table_columns(table) -> dict[str, list[str]]:
+    """The report's Grad-CAM columns of a table with the :data:`CAM_COLUMNS` (one row per model and
+    split): the model's in-tumour / pointing / chance, and the layer's ceiling where a job has it."""
+    cols = {"Grad-CAM in tumour / pointing / chance": [
+        cam_cell(*vals) for vals in zip(*(table[k] for k in CAM_COLUMNS[:3]))]}
+    ceiling = [cam_cell(*vals) for vals in zip(*(table[k] for k in CAM_COLUMNS[3:]))]
+    if any(ceiling):
+        cols["Grad-CAM ceiling: in tumour / pointing"] = ceiling
+    return cols
 
 
 def first_figure(job_dir: Path) -> Path | None:
