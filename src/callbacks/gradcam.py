@@ -296,10 +296,11 @@ def summarise(rows: list[dict], prefix: str) -> dict[str, float]:
     largest = df.loc[df.groupby("patient")["cam_chance"].idxmax(), keys]
     out = {f"{prefix}_{k}": float(per_patient[k].mean()) for k in keys}
     out.update({f"{prefix}_{k}_largest": float(largest[k].mean()) for k in keys})
-    for c, name in ((1, "high"), (0, "low")):  # the slices whose map explains that class, if any
-        part = df[df["class_index"] == c] if "class_index" in df else df.iloc[:0]
+    for c, name in ((1, "high"), (0, "low")) if "class_index" in df else ():
+        part = df[df["class_index"] == c]  # the slices whose map explains that class
         if len(part):
-            out.update({f"{prefix}_{k}_for_{name}": float(part.groupby("patient")[k].mean().mean()) for k in CAM_KEYS})
+            means = part.groupby("patient")[list(CAM_KEYS)].mean().mean()
+            out.update({f"{prefix}_{k}_for_{name}": float(means[k]) for k in CAM_KEYS})
             out[f"{prefix}_cam_n_slices_for_{name}"] = int(len(part))
     out[f"{prefix}_cam_n_patients"] = int(len(per_patient))
     out[f"{prefix}_cam_n_slices"] = int(len(df))

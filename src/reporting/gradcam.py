@@ -14,7 +14,9 @@ import math
 import shutil
 from pathlib import Path
 
-CAM_COLUMNS = ("cam_in_tumour", "cam_pointing", "cam_chance", "cam_in_tumour_ceiling", "cam_pointing_ceiling")
+SCORE_COLUMNS = ("cam_in_tumour", "cam_pointing", "cam_chance")  # the model's maps
+CEILING_COLUMNS = ("cam_in_tumour_ceiling", "cam_pointing_ceiling")  # the tumour itself on the layer's grid
+CAM_COLUMNS = SCORE_COLUMNS + CEILING_COLUMNS
 
 
 def _num(v) -> float:
@@ -40,8 +42,8 @@ def cam_table_columns(table) -> dict[str, list[str]]:
     """The report's Grad-CAM columns of a table with the :data:`CAM_COLUMNS` (one row per model and
     split): the model's in-tumour / pointing / chance, and the layer's ceiling where a job has it."""
     cols = {"Grad-CAM in tumour / pointing / chance": [
-        cam_cell(*vals) for vals in zip(*(table[k] for k in CAM_COLUMNS[:3]))]}
-    ceiling = [cam_cell(*vals) for vals in zip(*(table[k] for k in CAM_COLUMNS[3:]))]
+        cam_cell(*vals) for vals in zip(*(table[k] for k in SCORE_COLUMNS))]}
+    ceiling = [cam_cell(*vals) for vals in zip(*(table[k] for k in CEILING_COLUMNS))]
     if any(ceiling):
         cols["Grad-CAM ceiling: in tumour / pointing"] = ceiling
     return cols
