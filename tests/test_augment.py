@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from src.data.augment import BatchAugmentation
+from src.data.augment import BatchAugmentation, swap_background
 from tests.conftest import compose_cfg, compose_datamodule
 
 
@@ -92,3 +92,64 @@ def test_strength_scales_the_magnitudes(augment_cfg):
     strong = BatchAugmentation({**still, "strength": 2.0}, (32, 32), seed=0)(x, step=2)
     weak = BatchAugmentation({**still, "strength": 0.5}, (32, 32), seed=0)(x, step=2)
     assert (strong - x).abs().mean() > (weak - x).abs().mean() > 0
+
+
+STILL = {"angles_deg": [0], "affine_prob": 0.0, "flip_prob": 0.0, "intensity_scale": 0.0, "intensity_shift": 0.0,
+         "noise_prob": 0.0}  # every transform but the background swap is the identity
+
+
+def test_swap_background_keeps_the_tumour_and_takes_the_rest_from_another_slice():
+    """Sample i is the constant i with a 2 x 2 tumour at a sample-specific place: with prob 1 each keeps
+    its tumour and a 1-pixel rim, takes a donor's value elsewhere, and its own where the donor's rim lies."""
+    n, size = 5, 12
+    images = torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 1, size, size).clone()
+    masks = torch.zeros(n, 1, size, size, dtype=torch.bool)
+    for i in range(n):
+        masks[i, 0, 2 * i + 1:2 * i + 3, 4:6] = True
+    out = swap_background(images, masks, prob=1.0, margin_px=1, generator=torch.Generator().manual_seed(0))
+    keep = torch.nn.functional.max_pool2d(masks.float(), 3, stride=1, padding=1) > 0
+    assert int(keep[0].sum()) == 16  # the 2 x 2 tumour dilated by one pixel
+    for i in range(n):
+        donors = set(out[i, 0][~keep[i, 0]].unique().tolist()) - {float(i)}
+        assert len(donors) == 1 and donors != {float(i)}  # one donor, never the sample itself
+        d = int(donors.pop())
+        assert torch.equal(out[i][keep[i]], images[i][keep[i]])  # the tumour and its rim: unchanged
+        expected = torch.where(~keep[i] & ~keep[d], torch.tensor(float(d)), torch.tensor(float(i)))
+        assert torch.equal(out[i], expected)  # the donor's own tumour is not pasted in
+    assert torch.equal(swap_background(images, masks, 0.0, 1, torch.Generator().manual_seed(0)), images)
+    again = swap_background(images, masks, 1.0, 1, torch.Generator().manual_seed(0))
+    assert torch.equal(again, out)  # the draws are the generator's
+    half = swap_background(images, masks, 0.5, 1, torch.Generator().manual_seed(3))
+    swapped = [not torch.equal(half[i], images[i]) for i in range(n)]
+    assert 0 < sum(swapped) < n
+
+
+def test_weak_batches_swap_backgrounds_with_their_slice_masks(data_root):
+    """On the smoke cohort's weak training slices: with swap prob 1 and no other transform, every slice's
+    tumour is its own and most of its background another slice's; the draw is the step's."""
+    over = ["supervision=weak", "data.augment.background_swap_prob=1.0", "data.augment.background_margin_px=0",
+            *(f"data.augment.{k}={v}" for k, v in STILL.items())]
+    dm = compose_datamodule(over, data_root)
+    dm.prepare_data()
+    dm.setup()
+    ds = dm.datasets["fit"]
+    batch = ds.batch(torch.arange(8))
+    masks = dm.batch_masks(batch)
+    assert masks.shape == batch["image"].shape and masks.dtype == torch.bool and bool(masks.any())
+    out = dm.augmented(batch, step=5)
+    assert out["image"].dtype == batch["image"].dtype
+    assert torch.equal(out["image"][masks], batch["image"][masks])
+    changed = out["image"] != batch["image"]
+    assert float(changed[~masks].float().mean()) > 0.2 and not bool(changed[masks].any())
+    assert torch.equal(dm.augmented(batch, step=5)["image"], out["image"])
+    assert not torch.equal(dm.augmented(batch, step=6)["image"], out["image"])
+
+
+def test_background_swap_is_refused_without_slice_masks(tmp_path):
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="weak only"):
+        compose_datamodule(["supervision=strong", "data.augment.background_swap_prob=0.5"], tmp_path)
+    with pytest.raises(ValueError, match="needs the batch's tumour masks"):
+        BatchAugmentation({**STILL, "rotate_jitter_deg": 0.0, "scale": 0.0, "translate": 0.0, "noise_std": 0.0,
+                           "background_swap_prob": 0.5}, (8, 8), seed=0)(torch.zeros(2, 1, 8, 8), step=0)

@@ -148,7 +148,7 @@ def bare_run(cfg, dm, device, warmup: int, steps: int, losses: list | None = Non
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             if dm.augment is not None:  # the training augmentation, drawn as the datamodule draws it (by step)
-                batch["image"] = dm.augment(batch["image"], step=len(stamps), rank=0)
+                batch = dm.augmented(batch, step=len(stamps), rank=0)
             x = batch["image"].float()
             if fmt is not None:
                 x = x.contiguous(memory_format=fmt)

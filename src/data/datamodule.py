@@ -73,6 +73,8 @@ class GradeDataModule(L.LightningDataModule):
 
             size = self.pp["roi_size"] if supervision == "strong" else self.pp["slice_size"]
             self.augment = BatchAugmentation(augment, size, seed)
+            if self.augment.swap_prob > 0 and supervision != "weak":
+                raise ValueError("data.augment.background_swap_prob needs slice masks: supervision=weak only")
 
     # ---------------------------------------------------------------- cohort and cache
     def n_workers(self, shared: bool = False) -> int:
@@ -176,6 +178,12 @@ class GradeDataModule(L.LightningDataModule):
         packed = self.slice_masks[(patient, slice_index)]
         return np.unpackbits(packed, axis=-1, count=int(self.pp["slice_size"][-1])).astype(bool)
 
+    def batch_masks(self, batch: dict) -> torch.Tensor:
+        """Boolean ``(N, 1, H, W)`` tumour masks of a weak batch's slices, on its images' device."""
+        pairs = zip(batch["patient"].tolist(), batch["slice"].tolist())
+        masks = np.stack([self.slice_mask(p, z) for p, z in pairs])[:, None]
+        return torch.from_numpy(masks).to(batch["image"].device)
+
     # ---------------------------------------------------------------- loaders
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         from torch.utils.data import DistributedSampler
@@ -216,11 +224,16 @@ class GradeDataModule(L.LightningDataModule):
         """Training batches only, on the training device: random augmentation (``data.augment``)."""
         trainer = self.trainer
         if self.augment is not None and trainer is not None and trainer.training:
-            images = batch["image"]
-            flat = images.flatten(0, 1) if self.supervision == "mil" else images  # bags: every slice on its own
-            flat = self.augment(flat, step=trainer.global_step, rank=trainer.global_rank)
-            batch["image"] = flat.reshape(images.shape)
+            return self.augmented(batch, step=trainer.global_step, rank=trainer.global_rank)
         return batch
+
+    def augmented(self, batch: dict, step: int, rank: int = 0) -> dict:
+        """``batch`` with its images augmented as training step ``step`` of process ``rank`` draws them."""
+        images = batch["image"]
+        flat = images.flatten(0, 1) if self.supervision == "mil" else images  # bags: every slice on its own
+        masks = self.batch_masks(batch) if self.augment.swap_prob > 0 else None
+        flat = self.augment(flat, step=step, rank=rank, masks=masks)
+        return {**batch, "image": flat.reshape(images.shape)}
 
     def _batch(self, train: bool) -> int:
         if self.supervision == "mil":  # evaluation: one bag at a time, so a patient's prediction is its bag's
