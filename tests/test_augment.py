@@ -124,17 +124,24 @@ def test_swap_background_keeps_the_tumour_and_takes_the_rest_from_another_slice(
     assert 0 < sum(swapped) < n
 
 
-def test_weak_batches_swap_backgrounds_with_their_slice_masks(data_root):
-    """On the smoke cohort's weak training slices: with swap prob 1 and no other transform, every slice's
-    tumour is its own and most of its background another slice's; the draw is the step's."""
-    over = ["supervision=weak", "data.augment.background_swap_prob=1.0", "data.augment.background_margin_px=0",
-            *(f"data.augment.{k}={v}" for k, v in STILL.items())]
+@pytest.mark.parametrize("supervision", ["weak", "mil"])
+def test_weak_batches_swap_backgrounds_with_their_slice_masks(data_root, supervision):
+    """On the smoke cohort's weak training slices (mil: its bags' slices): with swap prob 1 and no other
+    transform, every slice's tumour is its own and most of its background another slice's; the draw is
+    the step's."""
+    over = [f"supervision={supervision}", "data.augment.background_swap_prob=1.0",
+            "data.augment.background_margin_px=0", *(f"data.augment.{k}={v}" for k, v in STILL.items())]
     dm = compose_datamodule(over, data_root)
     dm.prepare_data()
     dm.setup()
     ds = dm.datasets["fit"]
-    batch = ds.batch(torch.arange(8))
+    batch = ds.batch(torch.arange(8 if supervision == "weak" else 3))
     masks = dm.batch_masks(batch)
+    if supervision == "mil":  # each bag's slices in the bag's order, repeated cyclically up to the longest
+        for b, i in enumerate(range(3)):
+            z = ds.slices[i]
+            assert torch.equal(batch["bag_slices"][b], z[torch.arange(batch["bag_slices"].shape[1]) % len(z)])
+        masks = masks.reshape(batch["image"].shape)
     assert masks.shape == batch["image"].shape and masks.dtype == torch.bool and bool(masks.any())
     out = dm.augmented(batch, step=5)
     assert out["image"].dtype == batch["image"].dtype
@@ -148,7 +155,7 @@ def test_weak_batches_swap_backgrounds_with_their_slice_masks(data_root):
 def test_background_swap_is_refused_without_slice_masks(tmp_path):
     from hydra.errors import InstantiationException
 
-    with pytest.raises(InstantiationException, match="weak only"):
+    with pytest.raises(InstantiationException, match="weak or mil"):
         compose_datamodule(["supervision=strong", "data.augment.background_swap_prob=0.5"], tmp_path)
     with pytest.raises(ValueError, match="needs the batch's tumour masks"):
         BatchAugmentation({**STILL, "rotate_jitter_deg": 0.0, "scale": 0.0, "translate": 0.0, "noise_std": 0.0,

@@ -138,9 +138,10 @@ class BankDataset(_BatchedDataset):
 class BagDataset(_BatchedDataset):
     """One sample per patient: every one of its rows of a shared :class:`RowBank` as one bag (``supervision=mil``).
 
-    A batch is ``{image: (B, N, 1, *spatial), label, patient, slice}`` with ``slice`` = -1 (one prediction per
-    patient). Bags of a batch with fewer rows than the largest repeat their rows cyclically up to N
-    (``data.loader.bags_per_batch`` bags per batch; with one, every bag is exactly its rows).
+    A batch is ``{image: (B, N, 1, *spatial), label, patient, slice, bag_slices}`` with ``slice`` = -1 (one
+    prediction per patient) and ``bag_slices`` (B, N) the axial index of each image. Bags of a batch with fewer
+    rows than the largest repeat their rows cyclically up to N (``data.loader.bags_per_batch`` bags per batch;
+    with one, every bag is exactly its rows).
     """
 
     def __init__(self, bank: RowBank, bags: list[torch.Tensor], label: torch.Tensor, patient: torch.Tensor,
@@ -160,11 +161,14 @@ class BagDataset(_BatchedDataset):
         idx = idx.cpu()
         bags = [self.bags[int(i)] for i in idx]
         n = max(len(b) for b in bags)
-        rows = torch.stack([b[torch.arange(n) % len(b)] for b in bags])  # (B, N)
+        cyclic = torch.arange(n)
+        rows = torch.stack([b[cyclic % len(b)] for b in bags])  # (B, N)
+        slices = torch.stack([self.slices[int(i)][cyclic % len(b)] for i, b in zip(idx, bags)])
         images = self.bank.gather(rows.reshape(-1))
         images = images.reshape(len(bags), n, 1, *images.shape[1:])
         device = images.device
-        return {"image": images, **{k: v.to(device)[idx.to(device)] for k, v in self.meta.items()}}
+        return {"image": images, **{k: v.to(device)[idx.to(device)] for k, v in self.meta.items()},
+                "bag_slices": slices.to(device)}
 
     def to(self, device: torch.device | str) -> BagDataset:
         self.meta = {k: v.to(device) for k, v in self.meta.items()}

@@ -73,8 +73,8 @@ class GradeDataModule(L.LightningDataModule):
 
             size = self.pp["roi_size"] if supervision == "strong" else self.pp["slice_size"]
             self.augment = BatchAugmentation(augment, size, seed)
-            if self.augment.swap_prob > 0 and supervision != "weak":
-                raise ValueError("data.augment.background_swap_prob needs slice masks: supervision=weak only")
+            if self.augment.swap_prob > 0 and supervision == "strong":
+                raise ValueError("data.augment.background_swap_prob needs slice masks: supervision=weak or mil")
 
     # ---------------------------------------------------------------- cohort and cache
     def n_workers(self, shared: bool = False) -> int:
@@ -179,8 +179,14 @@ class GradeDataModule(L.LightningDataModule):
         return np.unpackbits(packed, axis=-1, count=int(self.pp["slice_size"][-1])).astype(bool)
 
     def batch_masks(self, batch: dict) -> torch.Tensor:
-        """Boolean ``(N, 1, H, W)`` tumour masks of a weak batch's slices, on its images' device."""
-        pairs = zip(batch["patient"].tolist(), batch["slice"].tolist())
+        """Boolean ``(N, 1, H, W)`` tumour masks of a weak batch's slices (mil: of its bags' slices, bag by
+        bag), on its images' device."""
+        if "bag_slices" in batch:
+            z = batch["bag_slices"]
+            patient = batch["patient"][:, None].expand_as(z)
+        else:
+            z, patient = batch["slice"], batch["patient"]
+        pairs = zip(patient.reshape(-1).tolist(), z.reshape(-1).tolist())
         masks = np.stack([self.slice_mask(p, z) for p, z in pairs])[:, None]
         return torch.from_numpy(masks).to(batch["image"].device)
 
