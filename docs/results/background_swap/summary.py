@@ -1,0 +1,36 @@
+"""Summarise runs.csv (written by ../weak_localisation/collect.py) by recipe: each seed's test AUC,
+AUC / oracle, train-test gap and Grad-CAM ratio / pointing, their mean +- SD, and the paired
+difference of each recipe from `base` over the seeds both have (mean, 95 % t-interval).
+
+    python docs/results/background_swap/summary.py runs.csv
+
+Job folders are named RECIPE_sSEED (base_s0, swap1_s0, ...).
+"""
+import sys
+
+import pandas as pd
+from scipy import stats
+
+t = pd.read_csv(sys.argv[1])
+t[["recipe", "seed"]] = t["job"].str.extract(r"^(.*)_s(\d+)$")
+t["auc_over_oracle"] = t.test_auc / t.oracle_auc
+t["gap"] = t.train_auc - t.test_auc
+t["cam_ratio"] = t.cam_in_tumour / t.cam_chance
+t["cam_ratio_largest"] = t.cam_in_tumour_largest / t.cam_chance_largest
+cols = ["test_auc", "auc_over_oracle", "gap", "cam_ratio", "cam_pointing", "cam_ratio_largest",
+        "cam_pointing_largest"]
+print(t[["recipe", "seed", *cols]].sort_values(["recipe", "seed"]).round(3).to_string(index=False))
+print("\nmean +- SD over seeds")
+g = t.groupby("recipe")[cols]
+print((g.mean().round(3).astype(str) + " +- " + g.std().round(3).astype(str)).to_string())
+base = t[t.recipe == "base"].set_index("seed")
+for recipe, part in t[t.recipe != "base"].groupby("recipe"):
+    d = part.set_index("seed")[cols] - base[cols]
+    d = d.dropna()
+    n = len(d)
+    if n < 2:
+        continue
+    half = stats.t.ppf(0.975, n - 1) * d.std() / n ** 0.5
+    print(f"\n{recipe} - base, paired over {n} seeds: mean [95 % t-interval]")
+    for c in cols:
+        print(f"  {c}: {d[c].mean():+.3f} [{d[c].mean() - half[c]:+.3f}, {d[c].mean() + half[c]:+.3f}]")
