@@ -1,8 +1,8 @@
 """Summarise runs.csv (written by ../weak_localisation/collect.py) by recipe: each seed's test AUC,
 AUC / oracle, train-test gap and Grad-CAM ratio / pointing, their mean +- SD, and the paired
-difference of each recipe from `base` over the seeds both have (mean, 95 % t-interval).
+difference of each recipe from BASE (default `base`) over the seeds both have (mean, 95 % t-interval).
 
-    python docs/results/background_swap/summary.py runs.csv
+    python docs/results/background_swap/summary.py runs.csv [BASE]
 
 Job folders are named RECIPE_sSEED (base_s0, swap1_s0, ...).
 """
@@ -23,14 +23,15 @@ print(t[["recipe", "seed", *cols]].sort_values(["recipe", "seed"]).round(3).to_s
 print("\nmean +- SD over seeds")
 g = t.groupby("recipe")[cols]
 print((g.mean().round(3).astype(str) + " +- " + g.std().round(3).astype(str)).to_string())
-base = t[t.recipe == "base"].set_index("seed")
-for recipe, part in t[t.recipe != "base"].groupby("recipe"):
+name = sys.argv[2] if len(sys.argv) > 2 else "base"
+base = t[t.recipe == name].set_index("seed")
+for recipe, part in t[t.recipe != name].groupby("recipe"):
     d = part.set_index("seed")[cols] - base[cols]
     d = d.dropna()
     n = len(d)
     if n < 2:
         continue
     half = stats.t.ppf(0.975, n - 1) * d.std() / n ** 0.5
-    print(f"\n{recipe} - base, paired over {n} seeds: mean [95 % t-interval]")
+    print(f"\n{recipe} - {name}, paired over {n} seeds: mean [95 % t-interval]")
     for c in cols:
         print(f"  {c}: {d[c].mean():+.3f} [{d[c].mean() - half[c]:+.3f}, {d[c].mean() + half[c]:+.3f}]")
