@@ -26,12 +26,12 @@ print((g.mean().round(3).astype(str) + " +- " + g.std().round(3).astype(str)).to
 name = sys.argv[2] if len(sys.argv) > 2 else "base"
 base = t[t.recipe == name].set_index("seed")
 for recipe, part in t[t.recipe != name].groupby("recipe"):
-    d = part.set_index("seed")[cols] - base[cols]
-    d = d.dropna()
-    n = len(d)
-    if n < 2:
+    part = part.set_index("seed")
+    seeds = part.index.intersection(base.index)
+    if len(seeds) < 2:
         continue
-    half = stats.t.ppf(0.975, n - 1) * d.std() / n ** 0.5
-    print(f"\n{recipe} - {name}, paired over {n} seeds: mean [95 % t-interval]")
+    print(f"\n{recipe} - {name}, paired over {len(seeds)} seeds: mean [95 % t-interval]")
     for c in cols:
-        print(f"  {c}: {d[c].mean():+.3f} [{d[c].mean() - half[c]:+.3f}, {d[c].mean() + half[c]:+.3f}]")
+        x, y = part.loc[seeds, c], base.loc[seeds, c]
+        lo, hi = stats.ttest_rel(x, y).confidence_interval(0.95)
+        print(f"  {c}: {(x - y).mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
