@@ -1,8 +1,10 @@
-"""The job's smaller callbacks: the non-finite-loss check and the network speed settings."""
+"""The job's smaller callbacks: the non-finite-loss check, the network speed settings, patient-level
+validation, early stopping and the weight average."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,77 @@ def test_early_stopping_is_an_option_in_config(tmp_path):
     assert es.patience == 7  # off by default: never within max_epochs
     cfg = compose_cfg(["callbacks.early_stopping.patience=3"], tmp_path / "job", tmp_path)
     assert instantiate(cfg.callbacks.early_stopping).patience == 3
+
+
+def test_weight_average_decay_follows_the_horizon_in_epochs(tmp_path):
+    from hydra.utils import instantiate
+
+    from src.callbacks.weight_average import WeightEMA, ema_decay
+    from tests.conftest import compose_cfg
+
+    assert ema_decay(1, 100) == pytest.approx(0.99) and ema_decay(2, 50) == pytest.approx(0.99)
+    assert ema_decay(0.5, 1) == 0.0  # shorter than a step: the average is the current weights
+    with pytest.raises(ValueError, match="horizon_epochs 0"):
+        ema_decay(0, 100)
+    assert instantiate(compose_cfg([], tmp_path / "job", tmp_path).callbacks.weight_average) is None  # off by default
+    cfg = compose_cfg(["callbacks.weight_average.horizon_epochs=2"], tmp_path / "job", tmp_path)
+    assert isinstance(instantiate(cfg.callbacks.weight_average), WeightEMA)
+
+
+class WeightProbe(L.Callback):
+    """Records the first convolution's weights at the end of each validation and after training."""
+
+    def __init__(self):
+        self.at_validation_end, self.after_fit = {}, None
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.at_validation_end[trainer.current_epoch] = pl_module.net.conv1.weight.detach().clone()
+
+    def on_train_end(self, trainer, pl_module):
+        self.after_fit = pl_module.net.conv1.weight.detach().clone()
+
+
+def test_weight_average_is_what_validation_checkpoints_and_test_see(cfg_factory, tmp_path):
+    """Every epoch's selected (weights-only) checkpoint holds the average that was validated, not the raw
+    weights; last.ckpt holds both; testing a checkpoint evaluates its average; resuming restores both."""
+    from hydra.utils import instantiate
+
+    ema_on = ("supervision=weak", "phase=CMP", "trainer.max_epochs=3", "callbacks.weight_average.horizon_epochs=1",
+              "callbacks.gradcam.on_test=false")
+    cfg = cfg_factory(*ema_on, "callbacks.model_checkpoint.save_top_k=-1")
+    probe = WeightProbe()
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks = [c for c in callbacks if c is not None] + [probe]
+    dm, model = instantiate(cfg.data, _convert_="all"), instantiate(cfg.model)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    trainer.fit(model, datamodule=dm)
+    ckpts = {int(p.name[5:8]): torch.load(p, map_location="cpu", weights_only=True)
+             for p in (tmp_path / "job" / "checkpoints").glob("epoch*.ckpt")}
+    assert sorted(ckpts) == sorted(probe.at_validation_end) == [0, 1, 2]
+    for epoch, ck in ckpts.items():
+        assert torch.equal(ck["state_dict"]["net.conv1.weight"], probe.at_validation_end[epoch])
+    last = torch.load(tmp_path / "job" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    average, raw = last["state_dict"]["net.conv1.weight"], last["current_model_state"]["net.conv1.weight"]
+    assert torch.equal(average, probe.at_validation_end[2]) and torch.equal(average, probe.after_fit)
+    assert (average - raw).abs().max() > 1e-6  # the average is not the raw weights
+    assert int(last["averaging_state"]["n_averaged"]) == trainer.global_step
+    # the callback's decay: one epoch of optimiser steps
+    ema = next(c for c in callbacks if type(c).__name__ == "WeightEMA")
+    assert ema.decay == pytest.approx(1 - 1 / trainer.num_training_batches)
+    # testing a full checkpoint in the same process evaluates its average, not its raw weights
+    last_path = tmp_path / "job" / "checkpoints" / "last.ckpt"
+    trainer.test(model, datamodule=dm, ckpt_path=str(last_path), weights_only=False)
+    assert torch.equal(model.net.conv1.weight.detach(), average)
+    # resuming restores the raw weights into the network and the average into the callback
+    cfg2 = cfg_factory(*ema_on, out=tmp_path / "job2")
+    ema2 = instantiate(cfg2.callbacks.weight_average)
+    model2 = instantiate(cfg2.model)
+    trainer2 = instantiate(cfg2.trainer, callbacks=[ema2], logger=False)
+    trainer2.strategy.connect(model2)
+    ema2.setup(trainer2, model2, "fit")
+    trainer2.state.fn = "fit"
+    model2.load_state_dict(last["state_dict"])
+    ema2.on_load_checkpoint(trainer2, model2, last)
+    assert torch.equal(model2.net.conv1.weight.detach(), raw)
+    assert torch.equal(ema2._average_model.module.net.conv1.weight.detach(), average)
