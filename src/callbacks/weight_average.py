@@ -65,12 +65,10 @@ class WeightEMA(EMAWeightAveraging):
         super().on_train_end(trainer, pl_module)  # the network keeps the average
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if not self.swapped:
-            return super().on_save_checkpoint(trainer, pl_module, checkpoint)
-        # the network's state_dict already is the average; the averaged model holds the raw weights
-        raw = self._average_model.state_dict()
-        checkpoint["current_model_state"] = {k[7:]: v for k, v in raw.items() if k.startswith("module.")}
-        checkpoint["averaging_state"] = {k: v for k, v in raw.items() if not k.startswith("module.")}
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self.swapped:  # the network holds the average and the averaged model the raw weights: exchange them back
+            checkpoint["state_dict"], checkpoint["current_model_state"] = (checkpoint["current_model_state"],
+                                                                          checkpoint["state_dict"])
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn == "fit":  # resuming: restore the raw weights and the average
