@@ -22,6 +22,14 @@ from src.utils import runtime
 log = logging.getLogger(__name__)
 
 
+def instantiate_callbacks(cfg: DictConfig) -> list:
+    """The job's callbacks from ``cfg.callbacks``; a factory may return None (an option that is off)."""
+    from hydra.utils import instantiate
+
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    return [c for c in callbacks if c is not None]
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one job described by ``cfg``; return its metrics (also in metrics.json)."""
     import lightning as L
@@ -31,8 +39,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     model: L.LightningModule = instantiate(cfg.model)
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks = [c for c in callbacks if c is not None]  # a factory may return None (an option that is off)
+    callbacks = instantiate_callbacks(cfg)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if cfg.get("fit", True):

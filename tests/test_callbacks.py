@@ -155,12 +155,13 @@ def test_weight_average_is_what_validation_checkpoints_and_test_see(cfg_factory,
     weights; last.ckpt holds both; testing a checkpoint evaluates its average; resuming restores both."""
     from hydra.utils import instantiate
 
+    from src.train import instantiate_callbacks
+
     ema_on = ("supervision=weak", "phase=CMP", "trainer.max_epochs=3", "callbacks.weight_average.horizon_epochs=1",
               "callbacks.gradcam.on_test=false")
     cfg = cfg_factory(*ema_on, "callbacks.model_checkpoint.save_top_k=-1")
     probe = WeightProbe()
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks = [c for c in callbacks if c is not None] + [probe]
+    callbacks = instantiate_callbacks(cfg) + [probe]
     dm, model = instantiate(cfg.data, _convert_="all"), instantiate(cfg.model)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     trainer.fit(model, datamodule=dm)

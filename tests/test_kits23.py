@@ -180,3 +180,28 @@ def test_real_kits23_subset(tmp_path):
     arrays = preprocess_weak(to_metatensor(read_image(out)), to_metatensor(read_image(seg)), size=(32, 32),
                              tumour_label=2)
     assert len(arrays["slice_index"]) == int((labels == 2).any(axis=(1, 2)).sum())
+
+
+@pytest.mark.skipif(not (KITS / "dataset" / "kits23.json").is_file(), reason="../shared/data/kits23 not present")
+@pytest.mark.parametrize("case_id, main_slices, lesions", [("case_00117", 15, 2), ("case_00058", 11, 2)])
+def test_real_kits23_bilateral_tumours_take_the_main_lesion(tmp_path, case_id, main_slices, lesions):
+    """Real KiTS23 masks with a tumour in each kidney: the weak slices and field of view are the main
+    lesion's (the larger), centred on it; around the box of every tumour voxel the 100 mm view would hold
+    none of case_00117's tumour and 1 % of case_00058's."""
+    from scipy import ndimage as ndi
+
+    from src.data.lesion import main_lesion
+
+    case = KITS / "dataset" / case_id
+    seg = case / "segmentation.nii.gz"
+    ct = synthesize_kits_imaging(case, seed=0, out=tmp_path / "ct.nii.gz")
+    nii = nib.load(str(seg))
+    labels = np.asarray(nii.dataobj)
+    main, n = main_lesion(labels == 2, nii.header.get_zooms()[:3])
+    assert n == lesions
+    assert int(main.any(axis=(1, 2)).sum()) == main_slices  # array axis 0 is the slice axis
+    out = preprocess_weak(read_image(ct), read_image(seg), size=(64, 64), tumour_label=2, fov_mm=100.0)
+    assert len(out["slice_index"]) == main_slices
+    m = np.unpackbits(out["masks"], axis=-1, count=64).astype(bool)
+    centre = np.array(ndi.center_of_mass(m.any(axis=0)))
+    np.testing.assert_allclose(centre, [31.5, 31.5], atol=6)  # the main lesion at the view's centre

@@ -85,22 +85,63 @@ def _geometry(image) -> tuple[np.ndarray, tuple[int, ...]]:
     return np.asarray(torch.as_tensor(image.affine), dtype=np.float64), tuple(int(v) for v in image.shape[1:])
 
 
-def _tumour_box(mask, label: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive (lo, hi) voxel box, (x, y, z) index order, of the tumour in a stored (not reoriented) mask."""
+def _tumour_voxels(mask, label: int | None) -> np.ndarray:
+    """The tumour voxels of a stored (not reoriented) mask as a boolean array in (x, y, z) index order."""
     if _is_sitk(mask):
         import SimpleITK as sitk
 
         arr = sitk.GetArrayViewFromImage(mask)  # (z, y, x), no copy
-        t = (arr > 0) if label is None else (arr == label)
-        proj = [t.any(axis=(0, 1)), t.any(axis=(0, 2)), t.any(axis=(1, 2))]  # x, y, z
-    else:
-        t = tumour_mask(mask.as_tensor() if hasattr(mask, "as_tensor") else torch.as_tensor(mask), label)[0]
-        proj = [t.any(dim=2).any(dim=1).numpy(), t.any(dim=2).any(dim=0).numpy(), t.any(dim=1).any(dim=0).numpy()]
+        return ((arr > 0) if label is None else (arr == label)).transpose(2, 1, 0)
+    t = tumour_mask(mask.as_tensor() if hasattr(mask, "as_tensor") else torch.as_tensor(mask), label)[0]
+    return t.numpy()
+
+
+def _box(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive (lo, hi) box of the True voxels of a 3D boolean array."""
+    proj = [t.any(axis=tuple(a for a in range(3) if a != ax)) for ax in range(3)]
     if not proj[0].any():
         raise ValueError("empty tumour mask")
     lo = np.array([int(np.argmax(p)) for p in proj])
     hi = np.array([len(p) - 1 - int(np.argmax(p[::-1])) for p in proj])
     return lo, hi
+
+
+LESION_MODES = ("main", "all")
+
+
+def _tumour_box(mask, label: int | None, lesion: str = "all",
+                spacing: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inclusive (lo, hi) voxel box, (x, y, z) index order, of the tumour in a stored (not reoriented) mask,
+    and the voxels to keep in that box: None for every tumour voxel, or, with ``lesion="main"`` and more than
+    one lesion, the main lesion's (``src.data.lesion.main_lesion``; ``spacing``: mm per stored axis)."""
+    t = _tumour_voxels(mask, label)
+    lo, hi = _box(t)
+    if lesion == "all":
+        return lo, hi, None
+    from src.data.lesion import main_lesion
+
+    keep, n = main_lesion(t[tuple(slice(a, b + 1) for a, b in zip(lo, hi))], spacing)
+    if n <= 1:
+        return lo, hi, None
+    klo, khi = _box(keep)
+    return lo + klo, lo + khi, keep[tuple(slice(a, b + 1) for a, b in zip(klo, khi))]
+
+
+def _keep_lesion(mask: MetaTensor, keep: np.ndarray | None, lo: np.ndarray, start: np.ndarray) -> MetaTensor:
+    """The cropped mask (its first voxel is stored voxel ``start``) set to 0 outside ``keep``, the main lesion
+    over its box from stored voxel ``lo``; unchanged when ``keep`` is None."""
+    if keep is None:
+        return mask
+    region = np.zeros(mask.shape[1:], dtype=bool)
+    src, dst = [], []
+    for o, k, n in zip(np.asarray(lo) - np.asarray(start), keep.shape, region.shape):
+        a, b = max(0, -int(o)), max(0, min(int(k), int(n) - int(o)))
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a + int(o), max(a, b) + int(o)))
+    region[tuple(dst)] = keep[tuple(src)]
+    out = mask.clone()
+    out[0][~torch.from_numpy(region)] = 0
+    return out
 
 
 def _crop(x, start, end) -> MetaTensor:
@@ -333,7 +374,7 @@ class TumourFovd(MapTransform):
         import torch.nn.functional as F
 
         d = dict(data)
-        lo, hi = _tumour_box(d[self.mask_key], None)  # the binarised mask; raises on an empty one
+        lo, hi, _ = _tumour_box(d[self.mask_key], None)  # the binarised mask; raises on an empty one
         start, pads = [], []
         for ax, n in zip((0, 1), self.fov):
             s = int(round((int(lo[ax]) + int(hi[ax]) + 1) / 2 - n / 2))
@@ -368,12 +409,14 @@ def slice_transforms(size=(256, 256), tumour_label: int | None = None, min_voxel
 def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cube: bool = True,
                       angles: Sequence[float] = (30, 60, 90, 180), tumour_label: int | None = None,
                       target_spacing=(1.0, 1.0, 1.0), intensity: MapTransform | None = None,
-                      fov_mm: float | None = None) -> dict[str, np.ndarray]:
+                      fov_mm: float | None = None, lesion: str = "main") -> dict[str, np.ndarray]:
     """ROIs of one case: ``rois`` (1 + len(angles), D, H, W) float32, the unrotated view first.
 
     ``fov_mm`` (``preprocess.roi_mode: fov``): every ROI is a cube of ``fov_mm`` mm centred on the tumour's
     box, so the tumour keeps its physical size in the ROI (a tumour larger than the cube is cut);
     None: the cube is the tumour's largest extent plus ``margin_mm`` on each side (``bbox``, the paper).
+    ``lesion`` (``preprocess.lesion``): ``main``, the ROI is cut around the main lesion and only its voxels
+    are tumour (the paper); ``all``, around every tumour voxel.
 
     ``image``/``mask``: (1, X, Y, Z) MetaTensors or SimpleITK images. The context kept around the
     tumour before resampling is what the largest rotated cube needs (half its diagonal in the axial
@@ -382,7 +425,7 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
     """
     affine, shape = _geometry(image)
     spacing = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
-    lo, hi = _tumour_box(mask, tumour_label)
+    lo, hi, keep = _tumour_box(mask, tumour_label, lesion, spacing)
     extent = (hi - lo + 1) * np.asarray(spacing)  # mm per stored axis
     side_mm = float(fov_mm) if fov_mm else float(extent.max()) + 2 * margin_mm
     slack = 2 * max(spacing)
@@ -391,7 +434,7 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
     margin = np.asarray(margin_voxels(spacing, context_mm))
     start, end = np.maximum(lo - margin, 0), np.minimum(hi + 1 + margin, np.asarray(shape))
     base = roi_transforms(spacing, None, target_spacing, tumour_label)(
-        {"image": _crop(image, start, end), "mask": _crop(mask, start, end)})
+        {"image": _crop(image, start, end), "mask": _keep_lesion(_crop(mask, start, end), keep, lo, start)})
     margin_vox = round(margin_mm / float(target_spacing[0]))
     all_angles = (0.0, *[float(a) for a in angles if float(a) != 0.0])
     side_vox = float(fov_mm) / float(target_spacing[0]) if fov_mm else None
@@ -401,7 +444,7 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
 
 def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = None,
                     min_voxels: int = 1, fov_mm: float | None = None,
-                    intensity: MapTransform | None = None) -> dict[str, np.ndarray]:
+                    intensity: MapTransform | None = None, lesion: str = "main") -> dict[str, np.ndarray]:
     """Lesion slices of one case: ``slices`` (n, H, W) float16, ``masks`` packed bits, ``slice_index``.
 
     ``image``/``mask``: (1, X, Y, Z) MetaTensors or SimpleITK images. Only the range of stored slices
@@ -413,11 +456,15 @@ def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = Non
     tumour's size in the slice is its physical size and the z-score is taken over the lesion's
     surroundings instead of a field of view that is mostly body outline and air. At the volume's
     border the view is padded with edge values (the mask with 0). Only the window is read.
+
+    ``lesion`` (``preprocess.lesion``): ``main``, the slices and the field of view are the main lesion's
+    and only its voxels are tumour in ``masks`` (the paper); ``all``, every tumour voxel's.
     """
     import nibabel as nib
 
     affine, shape = _geometry(image)
-    lo, hi = _tumour_box(mask, tumour_label)  # raises on an empty mask
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)  # per stored axis
+    lo, hi, keep = _tumour_box(mask, tumour_label, lesion, spacing)  # raises on an empty mask
     ornt = nib.orientations.io_orientation(affine)  # what Orientationd uses: stored axis -> (RAS axis, flip)
     ax = int(np.flatnonzero(ornt[:, 0] == 2)[0])
     start, end = np.zeros(3, int), np.asarray(shape)
@@ -425,7 +472,6 @@ def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = Non
         start[ax], end[ax] = lo[ax], hi[ax] + 1
     fov_voxels = None
     if fov_mm:
-        spacing = np.linalg.norm(affine[:3, :3], axis=0)  # per stored axis
         in_plane = [a for a in range(3) if a != ax]
         for a in in_plane:  # read only the window (and a voxel of slack); TumourFovd centres and pads it
             n = int(round(float(fov_mm) / spacing[a]))
@@ -434,8 +480,12 @@ def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = Non
         # the view's size per RAS in-plane axis (x, y): stored axis a becomes RAS axis ornt[a, 0]
         fov_voxels = [int(round(float(fov_mm) / spacing[a])) for a in sorted(in_plane, key=lambda a: ornt[a, 0])]
     offset = int(start[ax]) if ornt[ax, 1] > 0 else int(shape[ax] - end[ax])
+    mask_view = _keep_lesion(_crop(mask, start, end), keep, lo, start)
+    if fov_mm and not bool(tumour_mask(mask_view.as_tensor(), tumour_label).any()):
+        raise ValueError(f"no tumour in the {float(fov_mm):g} mm field of view centred on the box of every tumour "
+                         "voxel (its lesions lie farther apart); preprocess.lesion=main centres it on the main lesion")
     d = slice_transforms(size, tumour_label, min_voxels, fov_voxels, intensity)(
-        {"image": _crop(image, start, end), "mask": _crop(mask, start, end)})
+        {"image": _crop(image, start, end), "mask": mask_view})
     img = np.asarray(d["image"], dtype=np.float32)
     msk = np.asarray(d["mask"]) > 0.5
     return {
@@ -472,17 +522,23 @@ def preprocess_case(case, supervision: str, params: Mapping, tumour_label: int |
     from src.data.io import read_image
 
     intensity = intensity_transform(params["intensity"], params["window_hu"])
+    # settings saved before preprocess.lesion existed (an older checkpoint's) were preprocessed with every lesion
+    lesion = params.get("lesion", "all")
+    if lesion not in LESION_MODES:
+        raise InputError(f"preprocess.lesion must be one of {', '.join(LESION_MODES)}, got '{lesion}'")
     image, mask = read_image(case.image, case.patient_id), read_image(case.mask, case.patient_id)
     try:
         if supervision == "strong":
             return preprocess_strong(image, mask, size=params["roi_size"], margin_mm=params["margin_mm"],
                                      cube=params["cube"], angles=params["angles"], tumour_label=tumour_label,
                                      target_spacing=(float(params["spacing_mm"]),) * 3, intensity=intensity,
-                                     fov_mm=roi_fov_mm(params))
+                                     fov_mm=roi_fov_mm(params), lesion=lesion)
         return preprocess_weak(image, mask, size=params["slice_size"], tumour_label=tumour_label,
                                min_voxels=params["min_tumour_voxels"], fov_mm=params["weak_fov_mm"],
-                               intensity=intensity)
+                               intensity=intensity, lesion=lesion)
     except ValueError as exc:
         if "empty tumour mask" in str(exc):
             raise InputError("mask contains no tumour", case.patient_id, str(case.mask)) from None
+        if "field of view" in str(exc):
+            raise InputError(str(exc), case.patient_id, str(case.mask)) from None
         raise
