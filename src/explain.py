@@ -68,7 +68,8 @@ def hu_slices(dm, patient: int) -> dict:
     out = preprocess_weak(read_image(case.image, case.patient_id), read_image(case.mask, case.patient_id),
                           size=tuple(dm.pp["slice_size"]), tumour_label=dm.tumour_label,
                           min_voxels=dm.pp["min_tumour_voxels"], fov_mm=dm.pp.get("weak_fov_mm"),
-                          intensity=Identityd(keys=KEYS), lesion=dm.pp.get("lesion", "all"))
+                          intensity=Identityd(keys=KEYS), lesion=dm.pp.get("lesion", "all"),
+                          slab_mm=dm.pp.get("weak_slice_mm"))
     return {int(z): np.asarray(img, dtype=np.float32) for z, img in zip(out["slice_index"], out["slices"])}
 
 

@@ -9,6 +9,7 @@ from scipy import ndimage as ndi
 from src.data.io import read_image, to_metatensor, write_image
 from src.data.preprocess import (
     RoiViewsd,
+    intensity_transform,
     preprocess_strong,
     preprocess_weak,
     roi_transforms,
@@ -321,3 +322,58 @@ def _cases(dm):
     from src.data.manifest import cases_for_phase
 
     return cases_for_phase(dm.manifest_path(), dm.phase)
+
+
+def _thick_and_thin(tmp_path, reps: int):
+    """The same anatomy as 5 mm slices and as ``reps`` thinner slices per 5 mm (each repeated), as SimpleITK
+    images read back from NIfTI: (thick image, thick mask, thin image, thin mask)."""
+    rng = np.random.default_rng(4)
+    shape = (60, 50, 9)
+    img = rng.normal(40, 15, shape).astype(np.float32)
+    msk = np.zeros(shape, np.uint8)
+    msk[20:38, 15:35, 2:7] = 1
+    img[msk > 0] += 100
+    out = []
+    for name, k in (("thick", 1), ("thin", reps)):
+        write_image(np.repeat(img, k, axis=2), tmp_path / f"{name}_i.nii.gz", (0.8, 0.8, 5.0 / k))
+        write_image(np.repeat(msk, k, axis=2), tmp_path / f"{name}_m.nii.gz", (0.8, 0.8, 5.0 / k))
+        out += [read_image(tmp_path / f"{name}_i.nii.gz"), read_image(tmp_path / f"{name}_m.nii.gz")]
+    return out
+
+
+@pytest.mark.parametrize("reps", [5, 4, 2])  # 1 mm, 1.25 mm, 2.5 mm slices
+def test_thin_slices_become_the_papers_5_mm_slabs(tmp_path, reps):
+    """weak_slice_mm=5: a series reconstructed at 1-2.5 mm gives the slices, masks and slice indices of the
+    same anatomy at 5 mm (each slab is the mean of the thin slices it covers); 5 mm slices are left alone."""
+    thick_i, thick_m, thin_i, thin_m = _thick_and_thin(tmp_path, reps)
+    kw = {"size": (32, 32), "fov_mm": 40.0, "intensity": intensity_transform("window", [-200.0, 300.0])}
+    want = preprocess_weak(thick_i, thick_m, **kw)
+    got = preprocess_weak(thin_i, thin_m, slab_mm=5.0, **kw)
+    assert got["slice_index"].tolist() == want["slice_index"].tolist() == [2, 3, 4, 5, 6]
+    np.testing.assert_array_equal(got["masks"], want["masks"])
+    np.testing.assert_allclose(got["slices"].astype(np.float32), want["slices"].astype(np.float32), atol=2e-3)
+    native = preprocess_weak(thin_i, thin_m, **kw)
+    assert len(native["slice_index"]) == 5 * reps  # without slabs, every thin slice
+    np.testing.assert_array_equal(preprocess_weak(thick_i, thick_m, slab_mm=5.0, **kw)["slices"], want["slices"])
+
+
+def test_slab_mask_is_the_tumour_over_half_its_slab():
+    """A tumour voxel survives in a slab if it is tumour in at least half of the slab's thin slices; a tumour
+    thinner than that keeps the voxels tumour anywhere in the slab."""
+    from src.data.preprocess import SlabResampled
+
+    aff = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+    mask = torch.zeros(1, 6, 6, 10)
+    mask[0, 1:4, 1:4, 0:3] = 1   # 3 of the first slab's 5 slices
+    mask[0, 4, 4, 5:7] = 1       # 2 of the second slab's 5 slices
+    image = MetaTensor(torch.arange(360.0).reshape(1, 6, 6, 10), affine=aff)
+    slabs = SlabResampled(keys=("image", "mask"), thickness_mm=5.0)
+    out = slabs({"image": image, "mask": MetaTensor(mask, affine=aff)})
+    assert out["mask"].shape == (1, 6, 6, 2) and out["image"].shape == (1, 6, 6, 2)
+    assert out["mask"][0, ..., 0].sum() == 9 and out["mask"][0, ..., 1].sum() == 0
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out["image"].affine)[:3, 2]), 5.0)
+    np.testing.assert_allclose(out["image"][0, 0, 0].numpy(), [2.0, 7.0])  # the mean of each slab's slices
+    mask[0, 1:4, 1:4, 0:3] = 0
+    thin = SlabResampled(keys=("image", "mask"), thickness_mm=5.0)(
+        {"image": MetaTensor(torch.zeros(1, 6, 6, 10), affine=aff), "mask": MetaTensor(mask, affine=aff)})
+    assert thin["mask"][0, 4, 4].tolist() == [0.0, 1.0]

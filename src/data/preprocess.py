@@ -389,15 +389,53 @@ class TumourFovd(MapTransform):
         return d
 
 
+class SlabResampled(MapTransform):
+    """(1, X, Y, Z) RAS volumes whose slices are thinner than ``thickness_mm`` -> slabs of about that
+    thickness: the Z slices are averaged into K = round(Z * spacing / thickness) equal slabs (MONAI
+    ``Resize``, mode ``area``: each slab is the mean of the slices it covers), as a thick-slice
+    reconstruction makes them. The mask becomes the voxels that are tumour over at least half of their
+    slab (over any of it where that leaves none). Slices at least 0.98 of ``thickness_mm`` are left as
+    they are."""
+
+    def __init__(self, keys: KeysCollection, thickness_mm: float, mask_key: str = "mask"):
+        super().__init__(keys)
+        self.thickness, self.mask_key = float(thickness_mm), mask_key
+
+    def slabs(self, spacing_z: float, n: int) -> int | None:
+        """How many slabs ``n`` slices of ``spacing_z`` mm become; None: no resampling."""
+        if spacing_z >= 0.98 * self.thickness:
+            return None
+        return max(1, round(n * spacing_z / self.thickness))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        from monai.transforms import Resize
+
+        d = dict(data)
+        first = d[self.mask_key]
+        k = self.slabs(float(np.linalg.norm(np.asarray(torch.as_tensor(first.affine))[:3, 2])), int(first.shape[-1]))
+        if k is None:
+            return d
+        resize = Resize(spatial_size=(-1, -1, k), mode="area")
+        for key in self.key_iterator(d):
+            d[key] = resize(d[key])
+        fraction = d[self.mask_key]
+        d[self.mask_key] = (fraction >= 0.5 if bool((fraction >= 0.5).any()) else fraction > 0).to(torch.float32)
+        return d
+
+
 def slice_transforms(size=(256, 256), tumour_label: int | None = None, min_voxels: int = 1,
-                     fov_voxels: Sequence[int] | None = None, intensity: MapTransform | None = None) -> Compose:
+                     fov_voxels: Sequence[int] | None = None, intensity: MapTransform | None = None,
+                     slab_mm: float | None = None) -> Compose:
     """The weak pipeline: every tumour slice, z-scored per slice, resized to ``size``. ``fov_voxels``
     (x, y): first the in-plane window of that many voxels around the tumour (:class:`TumourFovd`; a fixed
-    physical field of view, see :func:`preprocess_weak`)."""
+    physical field of view, see :func:`preprocess_weak`), after ``slab_mm``: thinner slices averaged into
+    slabs of about that thickness (:class:`SlabResampled`)."""
     fov = [] if fov_voxels is None else [TumourFovd(keys=KEYS, fov_voxels=fov_voxels)]
+    slab = [] if not slab_mm else [SlabResampled(keys=KEYS, thickness_mm=slab_mm)]
     return Compose([
         BinarizeMaskd("mask", label=tumour_label),
         Orientationd(keys=KEYS, axcodes="RAS", labels=RAS_LABELS),
+        *slab,
         *fov,
         LesionSlicesd(keys=KEYS, min_voxels=min_voxels),
         intensity or intensity_transform(),
@@ -444,12 +482,19 @@ def preprocess_strong(image, mask, size=(32, 32, 32), margin_mm: float = 5.0, cu
 
 def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = None,
                     min_voxels: int = 1, fov_mm: float | None = None,
-                    intensity: MapTransform | None = None, lesion: str = "main") -> dict[str, np.ndarray]:
+                    intensity: MapTransform | None = None, lesion: str = "main",
+                    slab_mm: float | None = None) -> dict[str, np.ndarray]:
     """Lesion slices of one case: ``slices`` (n, H, W) float16, ``masks`` packed bits, ``slice_index``.
 
     ``image``/``mask``: (1, X, Y, Z) MetaTensors or SimpleITK images. Only the range of stored slices
     (along the axis that becomes superior) that contains tumour is converted and reoriented;
     ``slice_index`` is the z index in the whole RAS-oriented volume, as before.
+
+    ``slab_mm`` (``preprocess.weak_slice_mm``): slices thinner than this are averaged into slabs of about
+    this thickness from the lesion's first slice on (:class:`SlabResampled`), so that every patient's
+    lesion slices have the thickness of the paper's (5 mm) whatever the scanner's reconstruction, and
+    adjacent slices in the aggregation rule lie as far apart. ``slice_index`` then counts slabs of
+    ``slab_mm`` from the volume's first slice.
 
     ``fov_mm`` (a deviation from the paper, which takes the whole slice): every lesion slice shows the
     same square field of view of ``fov_mm`` mm centred on the tumour's in-plane bounding box, so the
@@ -480,11 +525,13 @@ def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = Non
         # the view's size per RAS in-plane axis (x, y): stored axis a becomes RAS axis ornt[a, 0]
         fov_voxels = [int(round(float(fov_mm) / spacing[a])) for a in sorted(in_plane, key=lambda a: ornt[a, 0])]
     offset = int(start[ax]) if ornt[ax, 1] > 0 else int(shape[ax] - end[ax])
+    if slab_mm and SlabResampled(KEYS, slab_mm).slabs(float(spacing[ax]), int(end[ax] - start[ax])) is not None:
+        offset = int(round(offset * float(spacing[ax]) / float(slab_mm)))
     mask_view = _keep_lesion(_crop(mask, start, end), keep, lo, start)
     if fov_mm and not bool(tumour_mask(mask_view.as_tensor(), tumour_label).any()):
         raise ValueError(f"no tumour in the {float(fov_mm):g} mm field of view centred on the box of every tumour "
                          "voxel (its lesions lie farther apart); preprocess.lesion=main centres it on the main lesion")
-    d = slice_transforms(size, tumour_label, min_voxels, fov_voxels, intensity)(
+    d = slice_transforms(size, tumour_label, min_voxels, fov_voxels, intensity, slab_mm)(
         {"image": _crop(image, start, end), "mask": mask_view})
     img = np.asarray(d["image"], dtype=np.float32)
     msk = np.asarray(d["mask"]) > 0.5
@@ -522,7 +569,8 @@ def preprocess_case(case, supervision: str, params: Mapping, tumour_label: int |
     from src.data.io import read_image
 
     intensity = intensity_transform(params["intensity"], params["window_hu"])
-    # settings saved before preprocess.lesion existed (an older checkpoint's) were preprocessed with every lesion
+    # settings saved without preprocess.lesion / weak_slice_mm (an older checkpoint's) were preprocessed with
+    # every lesion and the native slices
     lesion = params.get("lesion", "all")
     if lesion not in LESION_MODES:
         raise InputError(f"preprocess.lesion must be one of {', '.join(LESION_MODES)}, got '{lesion}'")
@@ -535,7 +583,7 @@ def preprocess_case(case, supervision: str, params: Mapping, tumour_label: int |
                                      fov_mm=roi_fov_mm(params), lesion=lesion)
         return preprocess_weak(image, mask, size=params["slice_size"], tumour_label=tumour_label,
                                min_voxels=params["min_tumour_voxels"], fov_mm=params["weak_fov_mm"],
-                               intensity=intensity, lesion=lesion)
+                               intensity=intensity, lesion=lesion, slab_mm=params.get("weak_slice_mm"))
     except ValueError as exc:
         if "empty tumour mask" in str(exc):
             raise InputError("mask contains no tumour", case.patient_id, str(case.mask)) from None
