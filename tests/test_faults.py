@@ -90,7 +90,7 @@ def test_two_fillers_at_once_compute_each_entry_once(tmp_path):
         print("computed", dm.stats["preprocessed"])
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+                              encoding="utf-8", errors="replace") for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-800:] for o in outs]
     computed = sorted(int(o[0].split("computed")[-1]) for o in outs)
@@ -117,7 +117,8 @@ def test_two_whole_sweeps_at_once_share_one_cohort_and_cache(tmp_path):
     commands = [cli_command(["-m", "phase=UP", "supervision=strong,weak", "experiment=smoke",
                              f"hydra.sweep.dir={tmp_path / name}"], tmp_path, OMP_NUM_THREADS="1")
                 for name in ("sweep_a", "sweep_b")]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              encoding="utf-8", errors="replace")
              for cmd, env in commands]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [log[-2000:] for log in logs]

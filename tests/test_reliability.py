@@ -200,7 +200,8 @@ def test_sigterm_writes_a_resumable_checkpoint_and_resume_matches(cfg_factory, t
     train(cfg_factory(*args[1:], out=tmp_path / "full"))
     job = tmp_path / "preempted"
     cmd, env = cli([*args, f"hydra.run.dir={job}", "callbacks.last_checkpoint.every_n_epochs=1"], data_root)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            encoding="utf-8", errors="replace")
     last = wait_for_epoch(proc, job, 0, 0.02)  # epoch 0 is saved: the run is now inside epoch 1
     assert proc.poll() is None, "the run ended before it could be preempted"
     time.sleep(0.3)  # into epoch 1's training batches
