@@ -116,6 +116,15 @@ def test_manifest_from_kits_folder_with_synthetic_ct(kits_root, tmp_path):
     assert build_kits23_manifest(kits_root, tmp_path / "cache", synthetic_imaging=True) == manifest  # once
 
 
+def test_manifest_paths_are_absolute_with_a_relative_cache_folder(kits_root, tmp_path, monkeypatch):
+    """The default cache folder is relative (outputs/cache): the manifest's paths still name the files,
+    wherever the manifest is read from."""
+    monkeypatch.chdir(tmp_path)
+    manifest = build_kits23_manifest(kits_root, Path("outputs") / "cache", synthetic_imaging=True)
+    df = pd.read_csv(manifest)
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in [*df.CMP_image, *df["mask"]])
+
+
 def test_other_phase_and_missing_ct_are_clear_errors(kits_root, tmp_path):
     with pytest.raises(InputError, match="corticomedullary-phase CT only: phase=NP"):
         build_kits23_manifest(kits_root, tmp_path / "cache", phase="NP")

@@ -128,7 +128,7 @@ def build_kits23_manifest(root: str | Path, cache_dir: str | Path, phase: str = 
         image = case / "imaging.nii.gz"
         if synthetic_imaging and (case / "segmentation.nii.gz").is_file():
             image = synthesize_kits_imaging(case, synthetic_seed, grade=r["grade"],
-                                            out=out.parent / "imaging" / f"{r['patient_id']}.nii.gz")
+                                            out=out.parent.resolve() / "imaging" / f"{r['patient_id']}.nii.gz")
             if (i + 1) % 10 == 0:
                 log.info("KiTS23: synthetic CT %d/%d", i + 1, len(present))
         rows.append({"patient_id": r["patient_id"], "grade": r["grade"], f"{PHASE}_image": str(image),
