@@ -149,6 +149,7 @@ def test_command_line(strong_job, cohort, tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "patient CLI1: P(high grade) = " in res.stdout
+    assert "alembic" not in res.stdout + res.stderr  # no plugin chatter from optuna's database layer
     assert json.loads((tmp_path / "out" / "CLI1.json").read_text())["patient_id"] == "CLI1"
 
 
