@@ -127,7 +127,11 @@ def preprocess_input(settings: dict, image: Path, mask: Path, patient_id: str, t
     from src.data.validate import check_pair
     from src.errors import InputError
 
-    problems = check_pair(image, mask, patient_id, tumour_label, read_pixels=True)  # one patient: read it all
+    several: list = []
+    problems = check_pair(image, mask, patient_id, tumour_label, read_pixels=True, labels=several)  # read it all
+    for pid, path, values in several:
+        log.warning("patient %s, file %s: the mask holds labels %s; with tumour_label unset every voxel > 0 is "
+                    "tumour (tumour_label=N names the tumour's)", pid, path, values)
     if len(problems) == 1:
         raise InputError(problems[0].message, problems[0].patient_id, problems[0].path)
     if problems:

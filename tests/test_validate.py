@@ -123,6 +123,36 @@ def test_label_specific_tumour_check(cohort):
     assert len(probs) == 1 and "no tumour (label 2; labels present: [0, 1])" in probs[0].message
 
 
+def test_label_maps_without_a_tumour_label_are_flagged_once(cohort, tmp_path, caplog):
+    """Masks whose voxels > 0 carry several labels (a kidney 1 around a tumour 2, as KiTS) with
+    data.tumour_label unset: one warning for the cohort with the count and an example; binary masks or a
+    named label give none. The cohort still passes (a tumour drawn in several labels is legitimate)."""
+    import logging
+
+    import SimpleITK as sitk
+
+    root, df = _copy(cohort, tmp_path)
+    for pid in ("SYN0003", "SYN0005"):
+        m = sitk.ReadImage(str(_mask(root, pid)))
+        a = sitk.GetArrayFromImage(m)
+        a[a > 0] = 2
+        a[0, :2, :2] = 1  # a "kidney" voxel block
+        out = sitk.GetImageFromArray(a)
+        out.CopyInformation(m)
+        sitk.WriteImage(out, str(_mask(root, pid)))
+    with caplog.at_level(logging.WARNING, logger="src.data.validate"):
+        report = validate_manifest(root / "manifest.csv", "CMP")
+    warnings = [r.getMessage() for r in caplog.records if "several labels" in r.getMessage()]
+    assert report.problems == [] and len(warnings) == 1
+    assert warnings[0].startswith(f"2 of {len(df)} masks read hold several labels > 0 (e.g. patient SYN0003")
+    assert warnings[0].count("[1, 2]") == 1 and "set data.tumour_label" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="src.data.validate"):
+        validate_manifest(cohort, "CMP")
+        validate_manifest(root / "manifest.csv", "CMP", tumour_label=2)
+    assert not [r for r in caplog.records if "several labels" in r.getMessage()]
+
+
 @pytest.mark.parametrize(("edit", "pattern"), [
     (lambda df: df.drop(columns="CMP_image"), r"manifest lacks column\(s\) CMP_image needed for phase CMP"),
     (lambda df: df.drop(columns="grade"), r"manifest lacks column\(s\) grade"),

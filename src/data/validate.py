@@ -117,6 +117,19 @@ def _fmt(v) -> str:
     return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
 
 
+def tumour_labels(mask: sitk.Image, tumour_label: int | None) -> list[int]:
+    """The distinct values of a mask's voxels > 0 when ``tumour_label`` is None and there are several of them
+    (a label map such as KiTS's kidney 1, tumour 2, cyst 3, where every voxel > 0 then counts as tumour);
+    else []."""
+    if tumour_label is not None:
+        return []
+    m = sitk.GetArrayViewFromImage(mask)
+    values = m[m > 0]
+    if values.size == 0 or values.min() == values.max():
+        return []
+    return [int(v) for v in np.unique(values)]
+
+
 def pixel_problems(image: sitk.Image, mask: sitk.Image, tumour_label: int | None) -> tuple[list[str], list[str]]:
     """(image problems, mask problems) from the voxel data."""
     img_p, msk_p = [], []
@@ -134,14 +147,16 @@ def pixel_problems(image: sitk.Image, mask: sitk.Image, tumour_label: int | None
 
 
 def check_pair(image_path, mask_path, patient_id: str | None = None, tumour_label: int | None = None,
-               tol: GeometryTolerance | None = None, read_pixels: bool = True) -> list[Problem]:
+               tol: GeometryTolerance | None = None, read_pixels: bool = True,
+               labels: list | None = None) -> list[Problem]:
     """Every problem of one image/mask pair (headers; voxel data when ``read_pixels``). With
     ``read_pixels`` each file is read once (its header taken from the image read), without it only
-    the headers are."""
+    the headers are. ``labels``: a list that gets ``(patient_id, mask path, its labels)`` when the voxels were
+    read and the mask holds several labels > 0 while ``tumour_label`` is None (:func:`tumour_labels`)."""
     from src.data.io import read_header
 
     if read_pixels:
-        return _check_pair_pixels(image_path, mask_path, patient_id, tumour_label, tol)
+        return _check_pair_pixels(image_path, mask_path, patient_id, tumour_label, tol, labels)
     probs: list[Problem] = []
     headers = {}
     for what, path in (("image", image_path), ("mask", mask_path)):
@@ -157,7 +172,7 @@ def check_pair(image_path, mask_path, patient_id: str | None = None, tumour_labe
                     for m in geometry_problems(headers["image"], headers["mask"], tol)]
 
 
-def _check_pair_pixels(image_path, mask_path, patient_id, tumour_label, tol) -> list[Problem]:
+def _check_pair_pixels(image_path, mask_path, patient_id, tumour_label, tol, labels=None) -> list[Problem]:
     """:func:`check_pair` with the voxel data: each file read once, then its header, the pair's
     geometry and the voxels checked."""
     from src.data.io import ImageHeader, check_gzip, read_image
@@ -182,6 +197,10 @@ def _check_pair_pixels(image_path, mask_path, patient_id, tumour_label, tol) -> 
     if probs:
         return probs
     img_p, msk_p = pixel_problems(imgs["image"], imgs["mask"], tumour_label)
+    if labels is not None and not msk_p:
+        several = tumour_labels(imgs["mask"], tumour_label)
+        if several:
+            labels.append((patient_id, str(mask_path), several))
     if not img_p and "float" in headers["image"].pixel_type and _is_nifti(image_path):
         bad = _nifti_nonfinite(image_path)  # ITK's NIfTI reader turns NaN into 0: look at the raw data
         if bad:
@@ -264,9 +283,12 @@ def validate_manifest(manifest: str | Path, phase: str, tumour_label: int | None
                 cached = False
         pending.append((i, row, cached, key))
 
+    several_labels: list = []  # (patient, mask, labels) of masks whose voxels > 0 carry several labels
+
     def read(item):
         _, row, cached, _ = item
-        return check_pair(row.image, row.mask, row.patient_id, tumour_label, tol, read_pixels=not cached)
+        return check_pair(row.image, row.mask, row.patient_id, tumour_label, tol, read_pixels=not cached,
+                          labels=several_labels)
 
     with ThreadPoolExecutor(max(1, int(workers))) as pool:
         for checked, (item, pair) in enumerate(zip(pending, pool.map(read, pending)), start=1):
@@ -277,6 +299,12 @@ def validate_manifest(manifest: str | Path, phase: str, tumour_label: int | None
             if not pair and key is not None:
                 _touch(record_dir / f"{key}.ok")
     report.problems += [p for probs in row_problems for p in probs]
+    if several_labels:
+        pid, path, values = min(several_labels)
+        log.warning("%d of %d masks read hold several labels > 0 (e.g. patient %s, file %s: %s); with "
+                    "data.tumour_label unset every voxel > 0 is tumour: set data.tumour_label if one of them is "
+                    "the tumour", len(several_labels), sum(not cached for _, _, cached, _ in pending), pid, path,
+                    values)
     bad = {r.patient_id for r, probs in zip(rows, row_problems) if probs}
     ids = list(dict.fromkeys(r.patient_id for r in rows if r.patient_id))
     labels = {r.patient_id: grade_label(r.grade) for r in rows if r.patient_id and r.grade is not None}
