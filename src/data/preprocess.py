@@ -389,6 +389,14 @@ class TumourFovd(MapTransform):
         return d
 
 
+def slab_count(spacing_z: float, n: int, thickness_mm: float) -> int | None:
+    """How many slabs of about ``thickness_mm`` ``n`` slices of ``spacing_z`` mm become; None when the slices
+    are at least 0.98 of that thick (left as they are)."""
+    if spacing_z >= 0.98 * float(thickness_mm):
+        return None
+    return max(1, round(n * spacing_z / float(thickness_mm)))
+
+
 class SlabResampled(MapTransform):
     """(1, X, Y, Z) RAS volumes whose slices are thinner than ``thickness_mm`` -> slabs of about that
     thickness: the Z slices are averaged into K = round(Z * spacing / thickness) equal slabs (MONAI
@@ -401,18 +409,13 @@ class SlabResampled(MapTransform):
         super().__init__(keys)
         self.thickness, self.mask_key = float(thickness_mm), mask_key
 
-    def slabs(self, spacing_z: float, n: int) -> int | None:
-        """How many slabs ``n`` slices of ``spacing_z`` mm become; None: no resampling."""
-        if spacing_z >= 0.98 * self.thickness:
-            return None
-        return max(1, round(n * spacing_z / self.thickness))
-
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         from monai.transforms import Resize
 
         d = dict(data)
         first = d[self.mask_key]
-        k = self.slabs(float(np.linalg.norm(np.asarray(torch.as_tensor(first.affine))[:3, 2])), int(first.shape[-1]))
+        spacing_z = float(np.linalg.norm(np.asarray(torch.as_tensor(first.affine))[:3, 2]))
+        k = slab_count(spacing_z, int(first.shape[-1]), self.thickness)
         if k is None:
             return d
         resize = Resize(spatial_size=(-1, -1, k), mode="area")
@@ -525,7 +528,7 @@ def preprocess_weak(image, mask, size=(256, 256), tumour_label: int | None = Non
         # the view's size per RAS in-plane axis (x, y): stored axis a becomes RAS axis ornt[a, 0]
         fov_voxels = [int(round(float(fov_mm) / spacing[a])) for a in sorted(in_plane, key=lambda a: ornt[a, 0])]
     offset = int(start[ax]) if ornt[ax, 1] > 0 else int(shape[ax] - end[ax])
-    if slab_mm and SlabResampled(KEYS, slab_mm).slabs(float(spacing[ax]), int(end[ax] - start[ax])) is not None:
+    if slab_mm and slab_count(float(spacing[ax]), int(end[ax] - start[ax]), slab_mm) is not None:
         offset = int(round(offset * float(spacing[ax]) / float(slab_mm)))
     mask_view = _keep_lesion(_crop(mask, start, end), keep, lo, start)
     if fov_mm and not bool(tumour_mask(mask_view.as_tensor(), tumour_label).any()):
