@@ -1,7 +1,8 @@
 """The job's smaller callbacks: the non-finite-loss check, the network speed settings, patient-level
-validation, early stopping and the weight average."""
+validation, early stopping, the weight average and the checkpoint selection window."""
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -159,7 +160,7 @@ def test_weight_average_is_what_validation_checkpoints_and_test_see(cfg_factory,
 
     ema_on = ("supervision=weak", "phase=CMP", "trainer.max_epochs=3", "callbacks.weight_average.horizon_epochs=1",
               "callbacks.gradcam.on_test=false")
-    cfg = cfg_factory(*ema_on, "callbacks.model_checkpoint.save_top_k=-1")
+    cfg = cfg_factory(*ema_on, "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.select_from=0")
     probe = WeightProbe()
     callbacks = instantiate_callbacks(cfg) + [probe]
     dm, model = instantiate(cfg.data, _convert_="all"), instantiate(cfg.model)
@@ -194,3 +195,64 @@ def test_weight_average_is_what_validation_checkpoints_and_test_see(cfg_factory,
     ema2.on_load_checkpoint(trainer2, model2, last)
     assert torch.equal(model2.net.conv1.weight.detach(), raw)
     assert torch.equal(ema2._average_model.module.net.conv1.weight.detach(), average)
+
+
+class ScriptedAuc(L.LightningModule):
+    """A module whose validation logs a given val_auc per epoch (and learns nothing)."""
+
+    def __init__(self, aucs):
+        super().__init__()
+        self.aucs = list(aucs)
+        self.layer = torch.nn.Linear(1, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def on_validation_epoch_end(self):
+        self.log("val_auc", self.aucs[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def _loader(self):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=2)
+
+    train_dataloader = val_dataloader = _loader
+
+
+@pytest.mark.parametrize(("select_from", "selected"), [(0.0, 0), (0.5, 4)])
+def test_checkpoint_selection_window(tmp_path, select_from, selected):
+    """A validation AUC that peaks by chance at the first epoch: over every epoch that epoch is selected; with
+    the window (from half of max_epochs) the best of the later epochs, and no earlier one is written."""
+    from src.callbacks.checkpoint import SelectionWindowCheckpoint, first_candidate_epoch
+
+    ckpt = SelectionWindowCheckpoint(dirpath=tmp_path, monitor="val_auc", mode="max", save_top_k=-1,
+                                     filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                     select_from=select_from)
+    trainer = L.Trainer(max_epochs=6, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
+    trainer.fit(ScriptedAuc([0.95, 0.60, 0.70, 0.80, 0.85, 0.82]))
+    assert Path(ckpt.best_model_path).name == f"epoch{selected:03d}.ckpt"
+    written = sorted(int(p.stem[5:]) for p in tmp_path.glob("epoch*.ckpt"))
+    assert written == list(range(first_candidate_epoch(select_from, 6), 6))
+    assert [first_candidate_epoch(0.5, n) for n in (30, 12, 2, 1, None, -1)] == [15, 6, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match=r"select_from must be in \[0, 1\)"):
+        SelectionWindowCheckpoint(select_from=1.0)
+
+
+def test_the_shipped_selection_window_is_the_second_half(cfg_factory, tmp_path):
+    """The composed config selects among the epochs from half of max_epochs on; a smoke job (2 epochs) tests
+    the checkpoint of its second epoch."""
+    from src.callbacks.checkpoint import SelectionWindowCheckpoint
+    from src.train import instantiate_callbacks, train
+
+    cfg = cfg_factory("supervision=strong", "trainer.max_epochs=2")
+    assert cfg.callbacks.model_checkpoint.select_from == 0.5
+    assert isinstance(instantiate_callbacks(cfg)[0], SelectionWindowCheckpoint)
+    train(cfg)
+    assert [p.name[:8] for p in (tmp_path / "job" / "checkpoints").glob("epoch*.ckpt")] == ["epoch001"]
