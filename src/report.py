@@ -309,14 +309,25 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
     if sd is not None and sd.loc[sd["seed"] == "sd", "test_auc"].notna().any():  # a model with 2+ seeds
         # seeds_table writes each model's mean row, then its sd row: the two lists line up
         means, sds = sd[sd["seed"] == "mean"], sd[sd["seed"] == "sd"]
+        cols = ["supervision", "phase", "jobs", "test AUC, mean +- SD over jobs"]
         summary = means[["supervision", "phase"]].assign(
             seeds=means["job"].to_numpy(),
             auc=[f"{fmt(m)} +- {fmt(s)}" for m, s in zip(means["test_auc"], sds["test_auc"])])
-        summary.columns = ["supervision", "phase", "jobs", "test AUC, mean +- SD over jobs"]
+        summary.columns = cols
+        note = ""
+        if means["test_auc_of_oracle"].notna().any():  # each job against its own cohort's oracle
+            cols.append("AUC / oracle, mean +- SD")
+            summary[cols[-1]] = [f"{fmt(m)} +- {fmt(s)}" for m, s in
+                                 zip(means["test_auc_of_oracle"], sds["test_auc_of_oracle"])]
+            note = " `AUC / oracle`: each job's AUC over the oracle of its own testing patients."
+        n_cohorts = len(sweep.cohort_keys)
+        if n_cohorts > 1:
+            note += (f" The jobs span {n_cohorts} cohorts (on the synthetic cohort each `seed` draws another): "
+                     "Table 1 describes one of them, and patients are matched by id only within a cohort.")
         md.append("\n## Repeated seeds and folds (testing set, patient level)\n\n"
                   "Jobs of one model that differ in `seed` (`-m ... seed=0,1,2`) or in `data.split.fold`; Tables 2-3 "
-                  "use the first job of each model. Every job's value, with its seed and fold: `seeds.csv`.\n\n")
-        md.append(_md_table(summary, ["supervision", "phase", "jobs", "test AUC, mean +- SD over jobs"]))
+                  f"use the first job of each model. Every job's value, with its seed and fold: `seeds.csv`.{note}\n\n")
+        md.append(_md_table(summary, cols))
     if th is not None and len(th):
         md.append("\n## Decision thresholds (testing set, patient level)\n\n"
                   "`paper`: P(high) > 0.5, as the paper and Tables 2-3. `youden`: P(high) > the Youden threshold "

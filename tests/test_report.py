@@ -287,3 +287,84 @@ def test_oracle_rows_and_fractions_when_the_cohort_has_a_planted_signal(tmp_path
     # a cohort without oracle columns (a real one) gets none of it
     plain = sweep[1].read_text(encoding="utf-8")
     assert "oracle" not in plain and not (sweep[0] / "report" / "oracle.csv").exists()
+
+
+def _cohort(d, rng, flip=False):
+    """A job's cohort.csv: the fake jobs' patients with a planted oracle_CMP; ``flip`` swaps every grade
+    (another cohort under the same ids) and rewrites the job's predictions with those labels."""
+    rows = []
+    for split in ("train", "test"):
+        y = 1 - LABELS[split] if flip else LABELS[split]
+        rows += [{"patient_id": pid, "grade": 3 if yy else 2, "split": split,
+                  "oracle_CMP": round(float(2.0 * (yy - 0.5) + rng.normal()), 4)}
+                 for pid, yy in zip(_ids(split, len(y)), y)]
+        if flip:
+            p = _pred(d.parent, d.name, split)  # the same model's view of the other patients
+            p["label"], p["prob_high"], p["pred"] = y, (1 - p["prob_high"]).round(4), 1 - p["pred"]
+            p.to_csv(d / "predictions" / f"{split}.csv", index=False)
+    pd.DataFrame(rows).to_csv(d / "cohort.csv", index=False)
+    return pd.DataFrame(rows)
+
+
+def test_each_seed_is_set_against_its_own_cohort_oracle(tmp_path):
+    """Seeds that drew other cohorts under the same ids (the synthetic cohort): each job's AUC over the
+    oracle of its own testing patients, the mean +- SD of those fractions, and a note that ids match only
+    within a cohort."""
+    root = tmp_path / "seeds"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    cohorts = []
+    for n, seed in enumerate((0, 1)):
+        d = _make_job(root, n, "CMP", "strong")
+        cohorts.append(_cohort(d, rng, flip=seed == 1))
+        p = _pred(root, d.name)
+        (d / "metrics.json").write_text(json.dumps({"phase": "CMP", "supervision": "strong", "seed": seed,
+                                                     "test_auc": auc_ci(p["label"], p["prob_high"]).auc}))
+    md = write_report(root).read_text(encoding="utf-8")
+    sd = pd.read_csv(root / "report" / "seeds.csv", dtype={"seed": str}).set_index("seed")
+    fractions = []
+    for n, (seed, c) in enumerate(zip(("0", "1"), cohorts)):
+        t = c[c["split"] == "test"]
+        oracle = auc_ci((t["grade"] >= 3).astype(int), t["oracle_CMP"]).auc
+        p = _pred(root, f"{n}_CMP_strong")
+        fractions.append(auc_ci(p["label"], p["prob_high"]).auc / oracle)
+        assert sd.loc[seed, "test_oracle_auc"] == pytest.approx(oracle)
+        assert sd.loc[seed, "test_auc_of_oracle"] == pytest.approx(fractions[-1])
+    assert sd.loc["0", "test_oracle_auc"] != pytest.approx(sd.loc["1", "test_oracle_auc"])
+    assert sd.loc["mean", "test_auc_of_oracle"] == pytest.approx(np.mean(fractions))
+    assert sd.loc["sd", "test_auc_of_oracle"] == pytest.approx(np.std(fractions, ddof=1))
+    assert f"{np.mean(fractions):.3f} +- {np.std(fractions, ddof=1):.3f}" in md
+    assert "The jobs span 2 cohorts" in md
+
+
+def test_folds_of_other_cohorts_pool_their_patients_apart(tmp_path):
+    """k-fold jobs of two seeds whose cohorts share ids but not patients (grades flipped): pooling by id
+    alone would put two labels on one patient; each cohort's patients are pooled as their own, and the
+    pooled oracle reads each cohort's own oracle column."""
+    from src.reporting.crossval import oof_table, pool
+    from src.reporting.sweep import load_sweep
+
+    root = tmp_path / "kfold"
+    root.mkdir()
+    rng = np.random.default_rng(9)
+    cohorts = []
+    for n, seed in enumerate((0, 1)):
+        d = _make_job(root, n, "CMP", "strong")
+        (d / "metrics.json").write_text(json.dumps({"phase": "CMP", "supervision": "strong", "seed": seed,
+                                                     "split_scheme": "kfold", "split_k": 1, "fold": 0}))
+        cohorts.append(_cohort(d, rng, flip=seed == 1))
+    sweep = load_sweep(root)
+    assert len(sweep.cohort_keys) == 2
+    table, facts = pool(sweep.jobs)
+    assert len(table) == table["patient_id"].nunique() == 2 * N_TEST and facts["repeats"] == 0
+    assert (table["n_seeds"] == 1).all()
+    assert table["patient_id"].str.contains("@").all()
+    for job in sweep.jobs:  # each patient keeps its own cohort's label and probability
+        mine = table[table["patient_id"].str.endswith("@" + job.cohort_key)].copy()
+        mine["patient_id"] = mine["patient_id"].str.split("@").str[0]
+        p = job.patients["test"].set_index("patient_id")
+        assert (mine.set_index("patient_id")["label"] == p["label"].reindex(mine["patient_id"])).all()
+    row = oof_table(sweep).iloc[0]
+    tests = pd.concat([c[c["split"] == "test"] for c in cohorts])
+    assert row["cohorts"] == 2 and row["n"] == 2 * N_TEST
+    assert row["oracle_auc"] == pytest.approx(auc_ci((tests["grade"] >= 3).astype(int), tests["oracle_CMP"]).auc)

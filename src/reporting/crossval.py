@@ -10,6 +10,11 @@ matched by id), calibration and decision curves. Per-job test AUCs give mean +- 
 seeds, and each seed's pooled AUC the spread across seeds. ``site`` jobs (one tested site each) pool
 the same way, as leave-one-site-out predictions.
 
+Patients are matched by id only within one cohort (``Job.cohort_key``, the job's cohort.csv). On the
+synthetic cohort each seed draws another cohort under the same ids, so when a model's jobs span several
+cohorts every pooled id is qualified as ``<patient_id>@<cohort key>``: each seed's patients are pooled
+as their own, and the oracle and sites are read from each job's cohort.
+
 Pure pandas in, pandas out: no I/O.
 """
 from __future__ import annotations
@@ -48,9 +53,12 @@ def pool(jobs: list[Job], threshold: float | None = None) -> tuple[pd.DataFrame,
     for a proper partition), ``seeds``; ``jobs`` pooled.
     """
     frames, folds = [], {}
+    qualify = len({job.cohort_key for job in jobs}) > 1
     for job in jobs:
         sp = job_split(job)
         df = job.patients["test"][["patient_id", "label", "prob_high"]].copy()
+        if qualify:
+            df["patient_id"] = qualified_ids(df["patient_id"], job.cohort_key)
         df["seed"] = sp["seed"]
         frames.append(df)
         folds.setdefault(sp["seed"], []).append(sp["fold"] if sp["scheme"] == "kfold" else sp["test_site"])
@@ -67,8 +75,31 @@ def pool(jobs: list[Job], threshold: float | None = None) -> tuple[pd.DataFrame,
     thr = float(threshold if threshold is not None else jobs[0].metrics.get("threshold", 0.5))
     pooled["pred"] = (pooled["prob_high"] > thr).astype(int)
     facts = {"seeds": sorted(folds, key=str), "folds": {s: sorted(f, key=str) for s, f in folds.items()},
-             "repeats": repeats, "threshold": thr, "per_seed": per_seed, "jobs": list(jobs)}
+             "repeats": repeats, "threshold": thr, "per_seed": per_seed, "jobs": list(jobs),
+             "cohorts": pooled_cohort(jobs, qualify)}
     return pooled[["patient_id", "label", "prob_high", "pred", "n_seeds"]], facts
+
+
+def qualified_ids(ids: pd.Series, key: str | None) -> pd.Series:
+    """Patient ids made unique across cohorts: ``<patient_id>@<cohort key>``."""
+    return ids.astype(str).str.strip() + f"@{key or 'unknown'}"
+
+
+def pooled_cohort(jobs: list[Job], qualified: bool) -> pd.DataFrame | None:
+    """The cohort table of a model's pooled patients: every distinct cohort of its jobs, with ids as the
+    pooled table has them (qualified when the jobs span several cohorts); None when a job has no cohort.csv."""
+    tables = {}
+    for job in jobs:
+        if job.cohort is None or "patient_id" not in job.cohort:
+            return None
+        tables.setdefault(job.cohort_key, job.cohort)
+    out = []
+    for key, c in tables.items():
+        c = c.copy()
+        if qualified:
+            c["patient_id"] = qualified_ids(c["patient_id"], key)
+        out.append(c)
+    return pd.concat(out, ignore_index=True) if out else None
 
 
 def pooled_tables(sweep: Sweep) -> dict[tuple[str, str], tuple[pd.DataFrame, dict]]:
@@ -93,10 +124,12 @@ def oof_table(sweep: Sweep, pooled: dict | None = None) -> pd.DataFrame:
         for _, g in facts["per_seed"].groupby("seed"):
             seed_aucs.append(_perf(g, "")["auc"])
         perf = _perf(table, "")
-        oracle = oracle_perf(_all_test(sweep.manifest, table), phase, "test")
+        cohort = facts["cohorts"] if facts["cohorts"] is not None else sweep.manifest
+        oracle = oracle_perf(_all_test(cohort, table), phase, "test")
         rows.append({
             "supervision": sup, "phase": phase, "scheme": scheme, "jobs": len(jobs),
-            "seeds": len(facts["seeds"]), "folds_per_seed": max(len(f) for f in facts["folds"].values()),
+            "seeds": len(facts["seeds"]), "cohorts": len({j.cohort_key for j in jobs}),
+            "folds_per_seed": max(len(f) for f in facts["folds"].values()),
             "repeats": facts["repeats"], "complete": _complete(jobs, facts), **perf,
             "job_auc_mean": float(np.nanmean(job_aucs)) if len(job_aucs) else NAN,
             "job_auc_sd": float(np.nanstd(job_aucs, ddof=1)) if len(job_aucs) > 1 else NAN,
@@ -133,15 +166,15 @@ def site_table(sweep: Sweep, pooled: dict | None = None) -> pd.DataFrame:
     that site's patients. Empty without sites."""
     from src.reporting.tables import _perf
 
-    m = sweep.manifest
-    if m is None or "site" not in m or "patient_id" not in m:
-        return pd.DataFrame()
-    sites = dict(zip(m["patient_id"].astype(str).str.strip(), m["site"].astype(str).str.strip()))
-    if len({s for s in sites.values() if s}) < 2:
-        return pd.DataFrame()
     pooled = pooled_tables(sweep) if pooled is None else pooled
     rows = []
-    for (phase, sup), (table, _) in pooled.items():
+    for (phase, sup), (table, facts) in pooled.items():
+        m = facts["cohorts"] if facts["cohorts"] is not None else sweep.manifest
+        if m is None or "site" not in m or "patient_id" not in m:
+            continue
+        sites = dict(zip(m["patient_id"].astype(str).str.strip(), m["site"].astype(str).str.strip()))
+        if len({s for s in sites.values() if s}) < 2:
+            continue
         t = table.assign(site=[sites.get(str(p).strip(), "") for p in table["patient_id"]])
         for site, g in t.groupby("site"):
             perf = _perf(g, "")

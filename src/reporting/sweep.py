@@ -5,6 +5,7 @@ Job folder contract (written by the training code)::
     SWEEP_DIR/<n>_<PHASE>_<SUPERVISION>/        e.g. 0_UP_strong, 3_UP_weak
         .hydra/config.yaml                       phase.name, supervision.name
         metrics.json                             test_auc, ...; also "phase", "supervision"
+        cohort.csv                               patient_id, grade, split, clinical and oracle columns
         predictions/{train,test}.csv             patient_id,label,prob_high,pred
         predictions/{train,test}_slices.csv      weak only: patient_id,slice_index,label,prob_high
         error.txt                                present when the job failed
@@ -15,6 +16,7 @@ A (phase, supervision) with no folder at all is *missing*.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -42,14 +44,42 @@ class Job:
     metrics: dict = field(default_factory=dict)
     patients: dict[str, pd.DataFrame] = field(default_factory=dict)  # split -> patient table
     slices: dict[str, pd.DataFrame] = field(default_factory=dict)  # split -> slice table
+    cohort: pd.DataFrame | None = None  # the job's cohort.csv (its own split), None when absent or unreadable
 
     @property
     def name(self) -> str:
         return self.path.name
 
     @property
+    def cohort_key(self) -> str | None:
+        return cohort_key(self.cohort)
+
+    @property
     def key(self) -> tuple[str | None, str | None]:
         return (self.phase, self.supervision)
+
+
+def cohort_key(cohort: pd.DataFrame | None) -> str | None:
+    """A short content hash of a cohort table without its ``split`` column (rows by patient id), or None.
+
+    Two jobs share it when they saw the same patients, whatever their split or fold. On the synthetic
+    cohort another ``seed`` draws other patients under the same ids (SYN0000, ...): their predictions
+    must not be matched by id across such jobs."""
+    if cohort is None or "patient_id" not in cohort:
+        return None
+    df = cohort.drop(columns=["split"], errors="ignore")
+    df = df.assign(patient_id=df["patient_id"].astype(str).str.strip()).sort_values("patient_id", kind="stable")
+    return hashlib.sha256(df.to_csv(index=False).encode("utf-8")).hexdigest()[:8]
+
+
+def read_cohort(path: Path) -> pd.DataFrame | None:
+    """A cohort table (``cohort.csv``, ``manifest.csv``) as strings, or None when absent or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
 
 
 def _dig(d: dict, dotted: str):
@@ -134,7 +164,8 @@ def load_job(job_dir: Path) -> Job:
 
     phase = pick("phase", _norm_phase, "phase")
     sup = pick("supervision", _norm_sup, "sup")
-    job = Job(job_dir, int(m.group("n")) if m else None, phase, sup, metrics=metrics)
+    job = Job(job_dir, int(m.group("n")) if m else None, phase, sup, metrics=metrics,
+              cohort=read_cohort(job_dir / "cohort.csv"))
 
     err = job_dir / "error.txt"
     if err.is_file():
@@ -194,6 +225,15 @@ class Sweep:
     duplicates: list[Job]  # ok jobs not used because an earlier job had the same key
     manifest: pd.DataFrame | None
 
+    def cohort_of(self, job: Job | None) -> pd.DataFrame | None:
+        """The cohort a job's patients belong to: its own cohort.csv, else the sweep's manifest."""
+        return job.cohort if job is not None and job.cohort is not None else self.manifest
+
+    @property
+    def cohort_keys(self) -> list[str]:
+        """The distinct cohorts of the sweep's ok jobs (order of first appearance)."""
+        return list(dict.fromkeys(j.cohort_key for j in self.jobs if j.status == "ok" and j.cohort_key))
+
 
 def expected_supervisions(jobs: list[Job]) -> list[str]:
     """The paper's two supervisions, and any other (mil) that at least one job of the sweep ran."""
@@ -218,13 +258,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     present = {j.key for j in jobs}
     missing = [(p, s) for s in expected_supervisions(jobs) for p in PAPER_PHASE_ORDER if (p, s) not in present]
     failed = [j for j in jobs if j.status != "ok"]
-    manifest = None
     mpath = sweep_dir / "manifest.csv"
     if not mpath.is_file():  # jobs run one by one: each job folder holds its cohort (grade, split, clinical)
         mpath = next(iter(sorted(sweep_dir.glob("*/cohort.csv"))), mpath)
-    if mpath.is_file():
-        try:
-            manifest = pd.read_csv(mpath, dtype=str, keep_default_na=False)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            manifest = None
-    return Sweep(sweep_dir, jobs, models, missing, failed, duplicates, manifest)
+    return Sweep(sweep_dir, jobs, models, missing, failed, duplicates, read_cohort(mpath))

@@ -147,20 +147,23 @@ def oracle_table(sweep: Sweep) -> pd.DataFrame:
 
     Empty when the cohort carries no oracle columns. On a synthetic cohort the oracle, not the paper,
     is the reference: the phase ranking is planted, what a model shows is how much of it it recovers.
+    Each model is set against the oracle of its own job's cohort; the row's oracle is the first model's
+    (strong, weak, mil) cohort's.
     """
     rows = []
     for phase in PAPER_PHASE_ORDER:
+        jobs = {sup: sweep.models.get((phase, sup)) for sup in SUPERVISIONS}
+        first = next((j for j in jobs.values() if j is not None), None)
         for split in SPLITS:
-            o = oracle_perf(sweep.manifest, phase, split)
+            o = oracle_perf(sweep.cohort_of(first), phase, split)
             if o is None:
                 continue
             row = {"phase": phase, "split": split, "oracle_auc": o["auc"], "oracle_auc_low": o["auc_low"],
                    "oracle_auc_high": o["auc_high"], "n": o["n"]}
-            for sup in SUPERVISIONS:
-                job = sweep.models.get((phase, sup))
+            for sup, job in jobs.items():
                 auc = _perf(job.patients.get(split), "")["auc"] if job is not None else NAN
                 row[f"{sup}_auc"] = auc
-                row[f"{sup}_auc_of_oracle"] = of_oracle(auc, o)
+                row[f"{sup}_auc_of_oracle"] = of_oracle(auc, oracle_perf(sweep.cohort_of(job), phase, split))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -182,7 +185,7 @@ def table2_strong(sweep: Sweep, reference_phase: str = "CMP", supervision: str =
             d = {"p": NAN, "z": NAN, "n": 0, "note": f"no {reference_phase} model"}
         else:
             d = _delong_pair(job.patients.get("test"), ref.patients.get("test"))
-        row["test_auc_of_oracle"] = of_oracle(row["test_auc"], oracle_perf(sweep.manifest, phase, "test"))
+        row["test_auc_of_oracle"] = of_oracle(row["test_auc"], oracle_perf(sweep.cohort_of(job), phase, "test"))
         if supervision == "mil":  # a bag model explained slice by slice: its Grad-CAM localisation
             from src.reporting.gradcam import cam_metrics
 
@@ -231,7 +234,7 @@ def table3_weak(sweep: Sweep, bootstrap: dict) -> pd.DataFrame:
             row["n_patients_with_slices"] = job.slices[split]["patient_id"].nunique() if split in job.slices else 0
             row["Slice AUC (95% CI)"] = fmt_auc(sl["slice_auc"], sl["slice_auc_low"], sl["slice_auc_high"])
             row["Patient AUC (95% CI)"] = fmt_auc(pt["patient_auc"], pt["patient_auc_low"], pt["patient_auc_high"])
-            row["patient_auc_of_oracle"] = of_oracle(pt["patient_auc"], oracle_perf(sweep.manifest, phase, split))
+            row["patient_auc_of_oracle"] = of_oracle(pt["patient_auc"], oracle_perf(sweep.cohort_of(job), phase, split))
             # Grad-CAM: heat-map localisation from metrics.json (testing set only)
             from src.reporting.gradcam import cam_metrics
 
@@ -305,14 +308,24 @@ def mcnemar_strong_vs_weak(sweep: Sweep, split: str = "test") -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # Table 1
 # ------------------------------------------------------------------------------------------------
-SEED_METRICS = ("test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "train_auc")
+SEED_METRICS = ("test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "train_auc", "test_oracle_auc",
+                "test_auc_of_oracle")
+
+
+def _job_oracle(sweep: Sweep, job, phase: str) -> dict:
+    """``test_oracle_auc`` and ``test_auc_of_oracle`` of one job against its own cohort's oracle."""
+    o = oracle_perf(sweep.cohort_of(job), phase, "test")
+    auc = _perf(job.patients.get("test"), "")["auc"]
+    return {"test_oracle_auc": o["auc"] if o else NAN, "test_auc_of_oracle": of_oracle(auc, o)}
 
 
 def seeds_table(sweep: Sweep) -> pd.DataFrame:
     """Every ok job's test metrics with its seed and fold (k-fold: the fold; site: the tested site; holdout:
     empty) from ``metrics.json``, and per model (phase x supervision) the mean and the sample SD across its
     jobs (seeds and folds): rows ``seed`` = the seed, ``mean``, ``sd``. Models with a single job get their
-    row and a mean (SD NaN)."""
+    row and a mean (SD NaN). ``test_oracle_auc``: the planted signal's AUC on the job's testing patients,
+    from the job's own cohort (on the synthetic cohort each seed is another cohort), and
+    ``test_auc_of_oracle`` the job's AUC as a fraction of it (NaN without oracle columns)."""
     by_model: dict[tuple[str, str], list] = {}
     for job in sweep.jobs:
         if job.status == "ok" and job.phase and job.supervision:
@@ -323,7 +336,8 @@ def seeds_table(sweep: Sweep) -> pd.DataFrame:
         per = [{"supervision": sup, "phase": phase, "seed": str(j.metrics.get("seed", "?")),
                 "fold": "" if j.metrics.get("split_scheme", "holdout") == "holdout" else str(j.metrics.get(
                     "fold") if j.metrics.get("split_scheme") == "kfold" else j.metrics.get("test_site")),
-                "job": j.name, **{k: float(j.metrics.get(k, np.nan)) for k in SEED_METRICS}} for j in jobs]
+                "job": j.name, **{k: float(j.metrics.get(k, np.nan)) for k in SEED_METRICS},
+                **_job_oracle(sweep, j, phase)} for j in jobs]
         rows += per
         values = pd.DataFrame(per)[list(SEED_METRICS)]
         for stat, v in (("mean", values.mean()), ("sd", values.std(ddof=1))):  # one job: SD NaN
