@@ -1,4 +1,4 @@
-"""Grad-CAM (issue #5): map shapes, localisation on a model that sees a bright square, MONAI's inverted
+"""Grad-CAM: map shapes, localisation on a model that sees a bright square, MONAI's inverted
 default normaliser, training state untouched, the callback in a smoke run, the standalone command."""
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import torch
 import torch.nn as nn
 
 from src.callbacks.gradcam import (
+    CellGrid,
     cam_in_tumour,
     ceiling_map,
+    cell_grid,
     chance_level,
+    feature_upsampler,
     grad_cam,
     gradcam_figure,
     localisation,
@@ -187,6 +190,74 @@ def test_ceiling_is_the_tumour_itself_at_the_layers_resolution():
     assert 1.0 > by_grid[0] > by_grid[1] > by_grid[2] > 3 * chance_level(mask)
     assert localisation(np.ones((64, 64)), mask, grid=(8, 8))["cam_pointing_ceiling"] == 1.0
     assert "cam_in_tumour_ceiling" not in localisation(np.ones((64, 64)), mask)  # no grid, no ceiling
+
+
+@pytest.mark.parametrize("layer,cell", [("layer3", (8, 8)), ("layer3", (7, 9)), ("layer2", (13, 18))])
+def test_an_upsampled_cell_lies_on_the_centre_of_its_receptive_field(layer, cell):
+    """The paper's 2D ResNet-18 stem (7 x 7 stride 2, max-pool) at 256^2: the input pixels a feature cell
+    sees (nonzero input gradient) span a window centred on pixel stride x cell, where feature_upsampler
+    puts the cell; F.interpolate(align_corners=False), MONAI's default upsampler, puts it (stride - 1) / 2
+    pixels further along each axis."""
+    import torch.nn.functional as F
+
+    from src.models.nets import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18(2, conv1_t_size=7, conv1_t_stride=2, widen_factor=0.125).eval()
+    seen = {}
+    hook = net.get_submodule(layer).register_forward_hook(lambda _m, _i, out: seen.__setitem__("a", out))
+    x = torch.randn(1, 1, 256, 256, requires_grad=True)
+    net(x)
+    hook.remove()
+    acts = seen["a"]
+    acts[0, :, cell[0], cell[1]].sum().backward()
+    stride = 256 // acts.shape[-1]
+    rows, cols = torch.nonzero(x.grad[0, 0] != 0, as_tuple=True)
+    assert rows.min() > 0 and rows.max() < 255 and cols.min() > 0 and cols.max() < 255  # the whole field inside
+    centre = ((rows.min() + rows.max()).item() / 2, (cols.min() + cols.max()).item() / 2)
+    assert centre == (stride * cell[0], stride * cell[1])
+    one = torch.zeros(1, 1, *acts.shape[2:])
+    one[0, 0, cell[0], cell[1]] = 1.0
+    ours = feature_upsampler((256, 256))(one)[0, 0]
+    assert np.unravel_index(int(ours.argmax()), ours.shape) == centre and ours.max() == pytest.approx(1.0)
+    default = F.interpolate(one, size=(256, 256), mode="bilinear", align_corners=False)[0, 0]
+    shifted = np.array(np.unravel_index(int(default.argmax()), default.shape)) - np.array(centre)
+    assert (shifted == stride // 2 - 1).all() or (shifted == stride // 2).all()  # (stride - 1) / 2, rounded
+
+
+def test_cell_grid_is_measured_on_the_architecture_and_leaves_the_network_alone():
+    """The paper's ResNets: cell n on pixel stride x n (2D and the 3D net's stride-1 stem). Average
+    pooling without padding (DenseNet's transitions) moves the cells: two 2 x 2 poolings put cell k of
+    the stride-4 map on pixel 4k + 1.5. The network's weights and mode are left as they were."""
+    from src.models.nets import resnet18
+
+    net2d = resnet18(2, conv1_t_size=7, conv1_t_stride=2, widen_factor=0.125)
+    assert cell_grid(net2d, "layer3", torch.zeros(1, 1, 128, 128)) == CellGrid((8, 8), (16.0, 16.0), (0.0, 0.0))
+    net3d = resnet18(3, conv1_t_size=3, conv1_t_stride=1, widen_factor=0.125)
+    assert cell_grid(net3d, "layer4", torch.zeros(1, 1, 32, 32, 32)) == CellGrid((2, 2, 2), (16.0,) * 3, (0.0,) * 3)
+    toy = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.AvgPool2d(2),
+                        nn.Conv2d(2, 2, 3, padding=1), nn.MaxPool2d(2)).train()
+    before = {k: v.clone() for k, v in toy.state_dict().items()}
+    assert cell_grid(toy, "5", torch.zeros(1, 1, 32, 32)) == CellGrid((8, 8), (4.0, 4.0), (1.5, 1.5))
+    assert toy.training and all(torch.equal(before[k], v) for k, v in toy.state_dict().items())
+    assert all(p.grad is None for p in toy.parameters())
+
+
+def test_feature_upsampler_in_2d_and_3d_holds_the_border():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    up = feature_upsampler((16, 16))(x)[0, 0]
+    np.testing.assert_allclose(up[::4, ::4], x[0, 0])  # cell n on pixel 4n, exactly
+    np.testing.assert_allclose(up[:, 12:], up[:, 12:13].expand(16, 4))  # beyond the last cell: its value
+    assert up[2, 2] == pytest.approx((x[0, 0, 0, 0] + x[0, 0, 0, 1] + x[0, 0, 1, 0] + x[0, 0, 1, 1]) / 4)
+    v = torch.zeros(2, 1, 3, 3, 3)
+    v[1, 0, 1, 2, 0] = 1.0
+    up3 = feature_upsampler((24, 24, 24))(v)
+    assert up3.shape == (2, 1, 24, 24, 24) and float(up3[0].abs().max()) == 0.0
+    assert np.unravel_index(int(up3[1, 0].argmax()), (24, 24, 24)) == (8, 16, 0)
+    ramp = torch.arange(4.0).expand(1, 1, 4, 4)  # cell value = its column index
+    shifted = feature_upsampler((16, 16), CellGrid((4, 4), (4.0, 4.0), (1.5, 1.5)))(ramp)[0, 0]
+    expected = np.clip((np.arange(16) - 1.5) / 4, 0, 3)  # pixel i in cells, held before the first / after the last
+    np.testing.assert_allclose(shifted.numpy(), np.broadcast_to(expected, (16, 16)), atol=1e-6)
 
 
 def test_summary_means_over_patients_and_their_largest_tumour_slice():

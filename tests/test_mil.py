@@ -101,7 +101,7 @@ def test_bag_grad_cam_is_grad_cam_of_the_patient_logit_slice_by_slice():
     permuted bag: the same maps, permuted (each map is its own slice's)."""
     from monai.visualize import GradCAM
 
-    from src.callbacks.gradcam import bag_grad_cam, minmax
+    from src.callbacks.gradcam import bag_grad_cam, feature_upsampler, minmax
 
     torch.manual_seed(0)
     net = mil_resnet18(widen_factor=0.25).eval()
@@ -118,14 +118,14 @@ def test_bag_grad_cam_is_grad_cam_of_the_patient_logit_slice_by_slice():
     one = torch.randn(1, 1, 64, 64)
     maps, probs, weights = bag_grad_cam(net, one, class_index=1, target_layer="layer3")
     # in eval mode: MONAI's GradCAM restores the wrapper's mode afterwards, and with it the network's
-    expect = GradCAM(nn_module=AsImage(net).eval(), target_layers="mil.net.layer3", postprocessing=minmax)(
-        x=one, class_idx=1)
+    expect = GradCAM(nn_module=AsImage(net).eval(), target_layers="mil.net.layer3", upsampler=feature_upsampler,
+                     postprocessing=minmax)(x=one, class_idx=1)
     assert maps.shape == (1, 64, 64) and probs.shape == (2,) and weights.tolist() == [1.0]
     np.testing.assert_allclose(maps[0], expect[0, 0].detach().numpy(), atol=1e-5)
     # the log-probability target: MONAI's GradCAM of the bag model's log-softmax
     maps, _, _ = bag_grad_cam(net, one, class_index=1, target_layer="layer3", target="log_softmax")
     expect = GradCAM(nn_module=AsImage(net, log_softmax=True).eval(), target_layers="mil.net.layer3",
-                     postprocessing=minmax)(x=one, class_idx=1)
+                     upsampler=feature_upsampler, postprocessing=minmax)(x=one, class_idx=1)
     np.testing.assert_allclose(maps[0], expect[0, 0].detach().numpy(), atol=1e-5)
 
     bag = torch.randn(5, 1, 64, 64)

@@ -8,7 +8,9 @@ What is computed
     the predicted class unless ``class_index`` is set. MONAI's default post-processing *inverts*
     the map (min -> 1, max -> 0); we pass :func:`minmax` instead ((x - min) / (max - min), so the
     most important region is 1). 2D maps for the weak model's slices, 3D maps for the strong
-    model's ROI cubes; both are upsampled (bi/trilinear) to the input size.
+    model's ROI cubes; both are upsampled (bi/trilinear) to the input size with each feature cell placed
+    on the centre of its receptive field (:func:`feature_upsampler`; MONAI's default upsampler shifts
+    the map by half a cell, see there).
 
 Localisation (weak model, where a tumour mask exists for every slice)
     ``cam_in_tumour``: the fraction of the heat map's mass inside the tumour mask;
@@ -34,6 +36,8 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -90,6 +94,150 @@ def minmax(x: torch.Tensor, rtol: float = 1e-4) -> torch.Tensor:
     span = hi - lo
     ok = span > rtol * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-30)
     return torch.where(ok, (x - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(x))
+
+
+@dataclass(frozen=True)
+class CellGrid:
+    """Where a layer's feature cells lie on its input: cell ``n`` along an axis is centred on input pixel
+    ``offset + stride * n`` (the centre of its receptive field)."""
+
+    cells: tuple[int, ...]
+    stride: tuple[float, ...]
+    offset: tuple[float, ...]
+
+    @classmethod
+    def same_padding(cls, cells: Sequence[int], size: Sequence[int]) -> CellGrid:
+        """The grid of a network whose strided layers all pad by half their kernel (the ResNets): stride
+        size / cells, cell 0 on pixel 0."""
+        cells = tuple(int(c) for c in cells)
+        return cls(cells, tuple(n / c for n, c in zip(size, cells)), (0.0,) * len(cells))
+
+
+_GRIDS: dict[tuple, CellGrid] = {}
+PROBE_LENGTHS = (256, 512, 1024, 2048, 4096)  # probe input lengths tried until a receptive field fits
+PROBE_WIDTH = 64  # the probe's size along the other axes (at most); their fields may be cut, which moves no span
+
+
+def cell_grid(net: nn.Module, layer: str, example: torch.Tensor) -> CellGrid:
+    """The :class:`CellGrid` of ``net``'s submodule ``layer`` for inputs shaped like ``example`` (1, C, *spatial),
+    measured on the network's architecture (:func:`_geometry_twin`, which leaves ``net`` untouched): per
+    axis, a probe input long along that axis, and the span of input pixels whose gradient is nonzero for
+    two neighbouring cells (their receptive fields; the probe grows until both lie inside it). The spans'
+    midpoints give the stride and cell 0's centre. Cached per network structure, layer and input shape."""
+    size = tuple(int(v) for v in example.shape[2:])
+    key = (layer, tuple(example.shape[1:]), tuple((type(m).__name__, *(str(getattr(m, a, "")) for a in
+                                                   ("kernel_size", "stride", "padding", "dilation")))
+                                                  for m in net.modules()))
+    if key not in _GRIDS:
+        twin = _geometry_twin(net)
+        cells = map_sizes(twin, example, [layer])[layer]
+        fallback = CellGrid.same_padding(cells, size)
+        strides, offsets = [], []
+        for axis in range(len(size)):
+            found = _probe_axis(twin, layer, example, axis)
+            if found is None:
+                log.warning("Grad-CAM: the receptive field of %s does not fit a %d-pixel probe along axis %d: "
+                            "cells placed as in a ResNet", layer, PROBE_LENGTHS[-1], axis)
+            stride, offset = found if found is not None else (fallback.stride[axis], 0.0)
+            strides.append(stride)
+            offsets.append(offset)
+        _GRIDS[key] = CellGrid(tuple(cells), tuple(strides), tuple(offsets))
+    return _GRIDS[key]
+
+
+def _geometry_twin(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` in eval mode with its geometry and none of its weights: every convolution
+    averages its window (positive constant weights, no bias), every BatchNorm is the identity and every
+    max-pooling an average pooling of the same window. The copy is linear and positive, so an output
+    cell's input gradient is nonzero exactly on its receptive field (a max-pooling would route it to one
+    input per window, a ReLU could cut it)."""
+    twin = copy.deepcopy(net).eval()
+    avg = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
+    for parent in list(twin.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in avg:
+                setattr(parent, name, avg[type(child)](child.kernel_size, child.stride, child.padding,
+                                                       ceil_mode=child.ceil_mode))
+    with torch.no_grad():
+        for m in twin.modules():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0 - m.eps)
+                if m.affine:
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+    return twin
+
+
+def _probe_axis(twin: nn.Module, layer: str, example: torch.Tensor, axis: int) -> tuple[float, float] | None:
+    """(stride, offset) of ``layer``'s cells along ``axis`` in the geometry twin (see :func:`cell_grid`), or None."""
+    device = next(twin.parameters()).device
+    seen: dict[str, torch.Tensor] = {}
+    hook = twin.get_submodule(layer).register_forward_hook(lambda _m, _i, out: seen.__setitem__("a", out))
+    try:
+        for length in PROBE_LENGTHS:
+            shape = [example.shape[1]] + [min(int(d), PROBE_WIDTH) for d in example.shape[2:]]
+            shape[1 + axis] = length
+            with torch.inference_mode(False), torch.enable_grad():
+                x = torch.ones(2, *shape, device=device, requires_grad=True)
+                twin(x)
+                acts = seen["a"]
+                n = acts.shape[2 + axis] // 2
+                if n < 1:
+                    continue
+                centre = [d // 2 for d in acts.shape[2:]]
+                total = 0
+                for b, cell in ((0, n - 1), (1, n)):  # eval mode: each sample sees only its own input
+                    at = list(centre)
+                    at[axis] = cell
+                    total = total + acts[(b, slice(None), *at)].sum()
+                (grad,) = torch.autograd.grad(total, x)
+            profile = grad.detach().abs().sum(1).movedim(1 + axis, 1).reshape(2, length, -1).sum(-1)
+            spans = [torch.nonzero(profile[b]).flatten() for b in (0, 1)]
+            if any(len(sp) == 0 or sp[0] == 0 or sp[-1] == length - 1 for sp in spans):
+                continue  # a field reaches the probe's end: a longer probe
+            mids = [(float(sp[0]) + float(sp[-1])) / 2 for sp in spans]
+            stride = mids[1] - mids[0]
+            return stride, mids[0] - stride * (n - 1)
+        return None
+    finally:
+        hook.remove()
+
+
+def feature_upsampler(spatial_size: Sequence[int], grid: CellGrid | None = None):
+    """Upsampler of a feature map (N, C, *cells) to ``spatial_size`` that puts each cell on the centre of
+    its receptive field (``grid``, :func:`cell_grid`; None: :meth:`CellGrid.same_padding`), bi/trilinear
+    between cells; beyond the outermost cells the map keeps its border value. A MONAI ``GradCAM``
+    ``upsampler`` (bind ``grid`` with ``functools.partial``).
+
+    In a ResNet every strided convolution and pooling pads by half its kernel, so output ``m`` of a
+    stride-2 layer is centred on input ``2m``, and cell ``n`` of the whole stack on ``s * n``.
+    ``F.interpolate(align_corners=False)``, MONAI's default, puts it on ``s * (n + 1/2) - 1/2`` instead:
+    every map shifted by ``(s - 1) / 2`` pixels towards the high-index corner along each axis, 7.5 pixels
+    for an 8 x 8 map of a 128^2 slice, 15.5 for an 8 x 8 map of a 256^2 one. Networks that pool without
+    padding (DenseNet's transitions) have other offsets, which :func:`cell_grid` measures."""
+    import torch.nn.functional as F
+
+    size = tuple(int(v) for v in spatial_size)
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        cells = tuple(x.shape[2:])
+        g = grid if grid is not None and grid.cells == cells else CellGrid.same_padding(cells, size)
+        if cells == size and not any(g.offset):  # stride 1: the map is already on the input grid
+            return x
+        # each input pixel's coordinate in cells, (i - offset) / stride, normalised as grid_sample's
+        # align_corners=True reads it (-1 = cell 0, +1 = the last cell); grid_sample wants x, y(, z) order
+        axes = [((torch.arange(n_in, dtype=torch.float32, device=x.device) - c) / s) * (2.0 / max(n - 1, 1)) - 1.0
+                for n_in, n, s, c in zip(size, cells, g.stride, g.offset)]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)
+        coords = coords.to(x.dtype).unsqueeze(0).expand(x.shape[0], *coords.shape)
+        return F.grid_sample(x, coords, mode="bilinear", padding_mode="border", align_corners=True)
+
+    return up
 
 
 def explainable_copy(net: nn.Module) -> nn.Module:
@@ -150,8 +298,11 @@ def grad_cam(net: nn.Module, images: torch.Tensor, class_index: int | Sequence[i
     with torch.inference_mode(False), torch.enable_grad():
         model = explainable_copy(net) if copy_net else net.eval()
         device = next(model.parameters()).device
-        target_layer = "net." + resolve_layer(model, images, target_layer)
-        cam = GradCAM(nn_module=_Scored(model, target), target_layers=target_layer, postprocessing=minmax)
+        layer = resolve_layer(model, images, target_layer)
+        upsampler = partial(feature_upsampler, grid=cell_grid(model, layer, images[:1].detach().float().to(device)))
+        target_layer = "net." + layer
+        cam = GradCAM(nn_module=_Scored(model, target), target_layers=target_layer, upsampler=upsampler,
+                      postprocessing=minmax)
         with torch.no_grad():  # eval mode: batching does not change the outputs
             all_probs = torch.cat([model(images[j:j + CAM_BATCH].detach().float().to(device)).float().softmax(-1)
                                    for j in range(0, len(images), CAM_BATCH)]).cpu()
@@ -183,14 +334,15 @@ def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = No
     The same Grad-CAM as :func:`grad_cam`, with the bag's score (``target``) as the target: the encoder layer's
     activations of each slice, weighted by the spatial mean of the gradient of the patient's score for
     ``class_index`` (None = the predicted class) with respect to them, summed over channels, ReLU,
-    bilinear upsampling to the slice size, :func:`minmax` per slice. Runs on a copy in eval mode."""
+    :func:`feature_upsampler` to the slice size, :func:`minmax` per slice. Runs on a copy in eval mode."""
     import torch.nn.functional as F
 
     with torch.inference_mode(False), torch.enable_grad():
         model = explainable_copy(net)
         device = next(model.parameters()).device
         x = bag.detach().clone().float().to(device)
-        layer = getattr(model.net, resolve_layer(model.net, x[:1], target_layer))
+        layer_name = resolve_layer(model.net, x[:1], target_layer)
+        layer = getattr(model.net, layer_name)
         seen: dict[str, torch.Tensor] = {}
 
         def keep(_module, _inputs, out):
@@ -213,7 +365,7 @@ def bag_grad_cam(net: nn.Module, bag: torch.Tensor, class_index: int | None = No
                 h.remove()
         acts, grads = seen["acts"].detach(), seen["grads"].detach()  # (N, C', h, w)
         cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
-        cam = minmax(F.interpolate(cam, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False))
+        cam = minmax(feature_upsampler(x.shape[2:], cell_grid(model.net, layer_name, x[:1]))(cam))
     weights = seen["attention"].cpu().numpy() if "attention" in seen else None
     return cam[:, 0].cpu().numpy().astype(np.float32), probs.cpu().numpy(), weights
 
@@ -252,22 +404,28 @@ def chance_level(mask: np.ndarray) -> float:
     return float(mask.mean())
 
 
-def ceiling_map(mask: np.ndarray, grid: Sequence[int]) -> np.ndarray:
-    """The best heat map a layer whose output has ``grid`` cells can give for a 2D tumour ``mask``: the
-    tumour's share of each cell (average pooling), upsampled to the mask's size as Grad-CAM's map is
-    (bilinear), min-max scaled. Its scores are what a model that looks at the tumour and nowhere else
-    reaches at that resolution."""
-    import torch.nn.functional as F
+def ceiling_map(mask: np.ndarray, grid: CellGrid | Sequence[int]) -> np.ndarray:
+    """The best heat map a layer can give for a 2D tumour ``mask``: each cell the tumour's share of its
+    window (``stride`` pixels wide, centred where the cell's receptive field is, :class:`CellGrid`; pixels
+    outside the slice count as background), upsampled to the mask's size as Grad-CAM's map is
+    (:func:`feature_upsampler`), min-max scaled. Its scores are what a model that looks at the tumour and
+    nowhere else reaches at that resolution. ``grid``: the layer's :class:`CellGrid`, or its map shape
+    (:meth:`CellGrid.same_padding`)."""
+    m = np.asarray(mask, dtype=np.float64)
+    if not isinstance(grid, CellGrid):
+        grid = CellGrid.same_padding(grid, m.shape)
+    pooling = []  # per axis (cells, pixels): 1 / stride where the pixel lies in the cell's window
+    for n_in, n, s, c in zip(m.shape, grid.cells, grid.stride, grid.offset):
+        centres = c + s * np.arange(n)[:, None]
+        pixels = np.arange(n_in)[None, :]
+        pooling.append(((pixels >= centres - s / 2) & (pixels < centres + s / 2)) / s)
+    cells = torch.as_tensor(pooling[0] @ m @ pooling[1].T, dtype=torch.float32)[None, None]
+    return minmax(feature_upsampler(m.shape, grid)(cells))[0, 0].numpy()
 
-    t = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
-    cells = F.adaptive_avg_pool2d(t, tuple(int(g) for g in grid))
-    up = F.interpolate(cells, size=tuple(t.shape[2:]), mode="bilinear", align_corners=False)
-    return minmax(up)[0, 0].numpy()
 
-
-def localisation(cam: np.ndarray, mask: np.ndarray, grid: Sequence[int] | None = None) -> dict[str, float]:
-    """The three scores of ``cam`` for ``mask``; with ``grid`` (the explained layer's map shape) also
-    those of :func:`ceiling_map` (``cam_in_tumour_ceiling``, ``cam_pointing_ceiling``)."""
+def localisation(cam: np.ndarray, mask: np.ndarray, grid: CellGrid | Sequence[int] | None = None) -> dict[str, float]:
+    """The three scores of ``cam`` for ``mask``; with ``grid`` (the explained layer's :class:`CellGrid` or
+    map shape) also those of :func:`ceiling_map` (``cam_in_tumour_ceiling``, ``cam_pointing_ceiling``)."""
     mask = np.asarray(mask, dtype=bool)
     if cam.shape != mask.shape:
         raise ValueError(f"heat map {cam.shape} and mask {mask.shape} differ in shape")
@@ -581,10 +739,10 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
                                                          f"{prefix}_{pid}"))
         return rows, paths
 
-    def _grid(self, net: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
-        """The explained layer's map shape for inputs shaped like ``example`` (the localisation ceiling's grid)."""
-        layer = resolve_layer(net, example, self.target_layer or AUTO)
-        return map_sizes(net, example, [layer])[layer]
+    def _grid(self, net: nn.Module, example: torch.Tensor) -> CellGrid:
+        """The explained layer's cells for inputs shaped like ``example`` (the localisation ceiling's grid)."""
+        example = example[:1].detach().float().to(next(net.parameters()).device)
+        return cell_grid(net, resolve_layer(net, example, self.target_layer or AUTO), example)
 
     def _largest_tumour_figure(self, images: torch.Tensor, cams: np.ndarray, masks: np.ndarray, rows: list[dict],
                                name: str) -> Path:
