@@ -350,9 +350,11 @@ def test_folds_of_other_cohorts_pool_their_patients_apart(tmp_path):
     cohorts = []
     for n, seed in enumerate((0, 1)):
         d = _make_job(root, n, "CMP", "strong")
-        (d / "metrics.json").write_text(json.dumps({"phase": "CMP", "supervision": "strong", "seed": seed,
-                                                     "split_scheme": "kfold", "split_k": 1, "fold": 0}))
         cohorts.append(_cohort(d, rng, flip=seed == 1))
+        p = _pred(root, d.name)
+        (d / "metrics.json").write_text(json.dumps({"phase": "CMP", "supervision": "strong", "seed": seed,
+                                                     "split_scheme": "kfold", "split_k": 1, "fold": 0,
+                                                     "test_auc": auc_ci(p["label"], p["prob_high"]).auc}))
     sweep = load_sweep(root)
     assert len(sweep.cohort_keys) == 2
     table, facts = pool(sweep.jobs)
