@@ -306,20 +306,26 @@ def _cohort(d, rng, flip=False):
     return pd.DataFrame(rows)
 
 
-def test_each_seed_is_set_against_its_own_cohort_oracle(tmp_path):
-    """Seeds that drew other cohorts under the same ids (the synthetic cohort): each job's AUC over the
-    oracle of its own testing patients, the mean +- SD of those fractions, and a note that ids match only
-    within a cohort."""
-    root = tmp_path / "seeds"
+def _two_cohort_jobs(root, rng_seed: int, split: dict | None = None):
+    """Two CMP strong jobs, seeds 0 and 1, each with its own cohort.csv (seed 1: grades flipped)."""
     root.mkdir()
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(rng_seed)
     cohorts = []
     for n, seed in enumerate((0, 1)):
         d = _make_job(root, n, "CMP", "strong")
         cohorts.append(_cohort(d, rng, flip=seed == 1))
         p = _pred(root, d.name)
         (d / "metrics.json").write_text(json.dumps({"phase": "CMP", "supervision": "strong", "seed": seed,
-                                                     "test_auc": auc_ci(p["label"], p["prob_high"]).auc}))
+                                                     "test_auc": auc_ci(p["label"], p["prob_high"]).auc,
+                                                     **(split or {})}))
+    return root, cohorts
+
+
+def test_each_seed_is_set_against_its_own_cohort_oracle(tmp_path):
+    """Seeds that drew other cohorts under the same ids (the synthetic cohort): each job's AUC over the
+    oracle of its own testing patients, the mean +- SD of those fractions, and a note that ids match only
+    within a cohort."""
+    root, cohorts = _two_cohort_jobs(tmp_path / "seeds", rng_seed=5)
     md = write_report(root).read_text(encoding="utf-8")
     sd = pd.read_csv(root / "report" / "seeds.csv", dtype={"seed": str}).set_index("seed")
     fractions = []
@@ -344,17 +350,8 @@ def test_folds_of_other_cohorts_pool_their_patients_apart(tmp_path):
     from src.reporting.crossval import oof_table, pool
     from src.reporting.sweep import load_sweep
 
-    root = tmp_path / "kfold"
-    root.mkdir()
-    rng = np.random.default_rng(9)
-    cohorts = []
-    for n, seed in enumerate((0, 1)):
-        d = _make_job(root, n, "CMP", "strong")
-        cohorts.append(_cohort(d, rng, flip=seed == 1))
-        p = _pred(root, d.name)
-        (d / "metrics.json").write_text(json.dumps({"phase": "CMP", "supervision": "strong", "seed": seed,
-                                                     "split_scheme": "kfold", "split_k": 1, "fold": 0,
-                                                     "test_auc": auc_ci(p["label"], p["prob_high"]).auc}))
+    root, cohorts = _two_cohort_jobs(tmp_path / "kfold", rng_seed=9,
+                                     split={"split_scheme": "kfold", "split_k": 1, "fold": 0})
     sweep = load_sweep(root)
     assert len(sweep.cohort_keys) == 2
     table, facts = pool(sweep.jobs)
