@@ -57,8 +57,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 log.info("resuming from %s", resume)
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
             ckpt = trainer.checkpoint_callback  # the first ModelCheckpoint: the best model by val_auc
-            best = cfg.get("test_ckpt", "best") == "best" and ckpt is not None and ckpt.best_model_path
-            if cfg.get("test_ckpt", "best") == "best" and ckpt is not None and not ckpt.best_model_path:
+            want_best = cfg.get("test_ckpt", "best") == "best" and ckpt is not None
+            best = want_best and ckpt.best_model_path
+            if want_best and not ckpt.best_model_path:
                 log.warning("no checkpoint was selected (training ended before the selection window, "
                             "callbacks.model_checkpoint.select_from): the last weights are tested")
             test_ckpt = ckpt.best_model_path if best else None

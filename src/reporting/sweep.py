@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -50,7 +51,7 @@ class Job:
     def name(self) -> str:
         return self.path.name
 
-    @property
+    @cached_property
     def cohort_key(self) -> str | None:
         return cohort_key(self.cohort)
 
