@@ -102,6 +102,42 @@ def test_oracle_is_the_log_likelihood_ratio_of_the_generating_densities():
     assert roc_auc_score(y[half:], lr.decision_function(X[half:])) <= oracle_test + 0.005
 
 
+def test_an_uninformative_feature_is_drawn_alike_in_both_classes_and_left_out_of_the_oracle():
+    rng = np.random.default_rng(5)
+    y = rng.random(4000) < 0.5
+    feats = [draw_features(bool(h), rng, ["diameter_mm"]) for h in y]
+    # the grade no longer shows in the size; the other features carry it as before
+    assert roc_auc_score(y, [f["diameter_mm"] for f in feats]) == pytest.approx(0.5, abs=0.03)
+    assert roc_auc_score(y, [f["mu_CMP"] for f in feats]) < 0.30  # high grade enhances less
+    # the size still varies as much as in the whole cohort: the mixture of the two classes
+    both = np.concatenate([DISTRIBUTIONS[c]["diameter_mm"].rvs(20000, random_state=1) for c in (0, 1)])
+    assert np.std([f["diameter_mm"] for f in feats]) == pytest.approx(both.std(), rel=0.05)
+    f = feats[0]
+    size_term = DISTRIBUTIONS[1]["diameter_mm"].logpdf(f["diameter_mm"]) - DISTRIBUTIONS[0]["diameter_mm"].logpdf(
+        f["diameter_mm"])
+    assert oracle_llr(f, "CMP", ["diameter_mm"]) == pytest.approx(oracle_llr(f, "CMP") - size_term)
+    with pytest.raises(ValueError, match="planted features are"):
+        draw_features(True, rng, ["size"])
+    with pytest.raises(ValueError, match="'size'"):
+        SyntheticSpec(uninformative=("size",))
+
+
+def test_the_ablation_leaves_every_other_draw_and_the_default_cohort_key_alone():
+    """With no feature named, the draws (and so every cohort already generated) are what they were."""
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    assert draw_features(True, a) == {k: float(d.rvs(random_state=b)) for k, d in DISTRIBUTIONS[1].items()}
+    assert SyntheticSpec().key() == "f54b6c1c53edf65f"  # the default cohort's folder key
+    assert SyntheticSpec(uninformative=("diameter_mm",)).key() != SyntheticSpec().key()
+
+
+def test_an_ablated_cohort_keeps_its_manifest_oracle_to_what_is_planted():
+    spec = SyntheticSpec(shape=(24, 24, 8), seed=1, uninformative=("diameter_mm", "lobulation"))
+    rows = [synth_patient(spec, i, (1, 2, 3, 4)[i % 4])[2] for i in range(40)]
+    y = [i % 4 >= 2 for i in range(40)]
+    assert roc_auc_score(y, [r["oracle_CMP"] for r in rows]) > 0.75  # HU, texture and necrosis still planted
+    assert roc_auc_score(y, [r["oracle_UP"] for r in rows]) < roc_auc_score(y, [r["oracle_CMP"] for r in rows])
+
+
 def test_the_manifest_oracle_follows_the_grade():
     spec = SyntheticSpec(shape=(24, 24, 8), seed=1)
     llr = {0: [], 1: []}

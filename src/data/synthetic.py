@@ -34,7 +34,15 @@ import numpy as np
 from src.data.io import write_image
 from src.data.manifest import PHASES, grade_label  # the generator writes every one of the paper's phases
 from src.data.synthetic_anatomy import anatomy
-from src.data.synthetic_grade import NECROSIS_HU, TEXTURE_HU, TUMOUR_HU, draw_clinical, draw_features, oracle_llr
+from src.data.synthetic_grade import (
+    NECROSIS_HU,
+    TEXTURE_HU,
+    TUMOUR_HU,
+    check_uninformative,
+    draw_clinical,
+    draw_features,
+    oracle_llr,
+)
 from src.data.synthetic_tumour import render_tumour, tumour_axes
 
 GENERATOR_VERSION = 3  # bump whenever what is generated changes (part of the cohort folder key)
@@ -55,13 +63,20 @@ class SyntheticSpec:
     seed: int = 0
     sites: tuple[str, ...] = ("A", "B")
     extra: dict = field(default_factory=dict)
+    uninformative: tuple[str, ...] = ()  # planted features the grade does not show in (synthetic_grade)
+
+    def __post_init__(self):
+        self.uninformative = check_uninformative(self.uninformative)  # a typo fails before generation
 
     @property
     def spacing(self) -> tuple[float, float, float]:
         return tuple(float(f) / int(s) for f, s in zip(self.fov_mm, self.shape))
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True, default=list)
+        fields = asdict(self)
+        if not fields["uninformative"]:  # a cohort with every feature planted keeps the key it always had
+            del fields["uninformative"]
+        blob = json.dumps({**fields, "version": GENERATOR_VERSION}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -86,7 +101,7 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
     sp = np.asarray(spec.spacing)
     xs, ys, zs = (_axis(n, d) for n, d in zip(spec.shape, sp))
     vols, kidneys = anatomy(xs, ys, zs, rng)
-    features = draw_features(high, rng)
+    features = draw_features(high, rng, spec.uninformative)
 
     # the tumour: in one kidney, its centre inside the kidney near the surface
     side = int(rng.integers(0, 2))
@@ -115,7 +130,7 @@ def synth_patient(spec: SyntheticSpec, index: int, grade: int) -> tuple[dict, np
         "side": "left" if side == 1 else "right",
         "site": spec.sites[index % len(spec.sites)],
     }
-    columns.update({f"oracle_{p}": round(oracle_llr(features, p), 6) for p in PHASES})
+    columns.update({f"oracle_{p}": round(oracle_llr(features, p, spec.uninformative), 6) for p in PHASES})
     return out, mask, columns
 
 

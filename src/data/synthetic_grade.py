@@ -11,6 +11,11 @@ planted signal (before noise and partial-volume blur, which only lower what is o
 What each phase shows (``PHASE_FEATURES``): every phase shows size, lobulation and the tumour's mean
 HU in that phase; the enhanced phases (CMP, NP) also show texture and necrosis, which the
 unenhanced phase renders at the tumour's own HU and so does not show.
+
+Ablation (``uninformative``): features named there are drawn, in both classes, from one distribution,
+the equal mixture of the two class distributions. The grade then does not show in them (the tumour
+still varies in them as before), and the oracle leaves them out. It answers which planted feature a
+model reads, e.g. whether a heat map leaves the tumour because the size is told by what surrounds it.
 """
 from __future__ import annotations
 
@@ -59,15 +64,32 @@ PHASE_FEATURES = {
 }
 
 
-def draw_features(high: bool, rng: np.random.Generator) -> dict[str, float]:
-    """One tumour's planted features, drawn from its class's distributions."""
-    return {k: float(dist.rvs(random_state=rng)) for k, dist in DISTRIBUTIONS[int(high)].items()}
+def check_uninformative(uninformative) -> tuple[str, ...]:
+    """``uninformative`` as a tuple of feature names; an unknown name raises with the known ones."""
+    names = tuple(uninformative or ())
+    unknown = sorted(set(names) - set(FEATURES))
+    if unknown:
+        raise ValueError(f"uninformative features {unknown}: the planted features are {list(FEATURES)}")
+    return names
 
 
-def oracle_llr(features: dict[str, float], phase: str) -> float:
-    """log p(features | high) - log p(features | low) over the features ``phase`` shows."""
+def draw_features(high: bool, rng: np.random.Generator, uninformative=()) -> dict[str, float]:
+    """One tumour's planted features, drawn from its class's distributions; a feature in
+    ``uninformative`` from the equal mixture of both classes' distributions, whatever the class."""
+    uninformative = check_uninformative(uninformative)
+    out = {}
+    for k in FEATURES:
+        cls = int(rng.random() < 0.5) if k in uninformative else int(high)
+        out[k] = float(DISTRIBUTIONS[cls][k].rvs(random_state=rng))
+    return out
+
+
+def oracle_llr(features: dict[str, float], phase: str, uninformative=()) -> float:
+    """log p(features | high) - log p(features | low) over the features ``phase`` shows; a feature in
+    ``uninformative`` has the same density in both classes and adds nothing."""
+    shown = [k for k in PHASE_FEATURES[phase] if k not in check_uninformative(uninformative)]
     return float(sum(DISTRIBUTIONS[1][k].logpdf(features[k]) - DISTRIBUTIONS[0][k].logpdf(features[k])
-                     for k in PHASE_FEATURES[phase]))
+                     for k in shown))
 
 
 def draw_clinical(features: dict[str, float], rng: np.random.Generator) -> dict:
