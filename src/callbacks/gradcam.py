@@ -131,14 +131,13 @@ def cell_grid(net: nn.Module, layer: str, example: torch.Tensor) -> CellGrid:
     if key not in _GRIDS:
         twin = _geometry_twin(net)
         cells = map_sizes(twin, example, [layer])[layer]
-        fallback = CellGrid.same_padding(cells, size)
         strides, offsets = [], []
         for axis in range(len(size)):
             found = _probe_axis(twin, layer, example, axis)
             if found is None:
                 log.warning("Grad-CAM: the receptive field of %s does not fit a %d-pixel probe along axis %d: "
                             "cells placed as in a ResNet", layer, PROBE_LENGTHS[-1], axis)
-            stride, offset = found if found is not None else (fallback.stride[axis], 0.0)
+            stride, offset = found if found is not None else (size[axis] / cells[axis], 0.0)  # CellGrid.same_padding
             strides.append(stride)
             offsets.append(offset)
         _GRIDS[key] = CellGrid(tuple(cells), tuple(strides), tuple(offsets))

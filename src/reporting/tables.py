@@ -306,10 +306,10 @@ def mcnemar_strong_vs_weak(sweep: Sweep, split: str = "test") -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------
-# Table 1
+# Jobs of one model (seeds, folds) and the two decision thresholds
 # ------------------------------------------------------------------------------------------------
-SEED_METRICS = ("test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "train_auc", "test_oracle_auc",
-                "test_auc_of_oracle")
+JOB_METRICS = ("test_auc", "test_accuracy", "test_sensitivity", "test_specificity", "train_auc")  # metrics.json
+SEED_METRICS = (*JOB_METRICS, "test_oracle_auc", "test_auc_of_oracle")  # + the job's own cohort's oracle
 
 
 def _job_oracle(sweep: Sweep, job, phase: str) -> dict:
@@ -336,7 +336,7 @@ def seeds_table(sweep: Sweep) -> pd.DataFrame:
         per = [{"supervision": sup, "phase": phase, "seed": str(j.metrics.get("seed", "?")),
                 "fold": "" if j.metrics.get("split_scheme", "holdout") == "holdout" else str(j.metrics.get(
                     "fold") if j.metrics.get("split_scheme") == "kfold" else j.metrics.get("test_site")),
-                "job": j.name, **{k: float(j.metrics.get(k, np.nan)) for k in SEED_METRICS},
+                "job": j.name, **{k: float(j.metrics.get(k, np.nan)) for k in JOB_METRICS},
                 **_job_oracle(sweep, j, phase)} for j in jobs]
         rows += per
         values = pd.DataFrame(per)[list(SEED_METRICS)]
@@ -368,6 +368,9 @@ def thresholds_table(sweep: Sweep) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+# ------------------------------------------------------------------------------------------------
+# Table 1
+# ------------------------------------------------------------------------------------------------
 def _num(s: pd.Series) -> pd.Series:
     return pd.to_numeric(s.replace("", np.nan), errors="coerce")
 
