@@ -234,3 +234,55 @@ def test_first_step_says_whether_the_cache_was_hit(bench_cfg, tmp_path):
     row = {"cfg_job_s": 0.3, "cfg_job_runs_s": [0.3], "first_step_after_fit_call_s": 1.0, "first_step_s": 5.0}
     assert "cache miss: 12 patients" in report.table({"startup": {**row, "first_step_preprocessed": 12}})
     assert "cache hit" in report.table({"startup": {**row, "first_step_preprocessed": 0}})
+
+
+def test_step_flops_counts_forward_loss_and_backward():
+    """2 FLOPs per multiply-add; backward: the weight gradients, and the input gradients of every layer but
+    the first (the images need none)."""
+    net = torch.nn.Linear(10, 3)
+    assert bench_train.step_flops(net, torch.randn(4, 10), torch.tensor([0, 1, 2, 0])) == 2 * (2 * 4 * 10 * 3)
+    assert net.weight.grad is None  # the count leaves no gradients behind
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(256, 2))
+    fwd_conv, fwd_fc = 2 * 2 * 4 * 64 * 9, 2 * 2 * 256 * 2
+    assert bench_train.step_flops(conv, torch.randn(2, 1, 8, 8), torch.tensor([0, 1])) == 2 * fwd_conv + 3 * fwd_fc
+
+
+def test_step_flops_of_the_paper_2d_network(cfg_factory):
+    """The paper's 2D ResNet-18 at 256^2: torchvision's published 1.82 GMAC at 224^2, scaled by (256/224)^2,
+    less the two input channels its stem does not have (0.10 GMAC): 2.27 GMAC forward; a training step
+    is about three forwards."""
+    from hydra.utils import instantiate
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = instantiate(cfg_factory("supervision=weak", "model.net.widen_factor=1.0").model.net).train()
+    x, y = torch.randn(2, 1, 256, 256), torch.tensor([0, 1])
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(x)
+    forward_mac = counter.get_total_flops() / 2 / 2
+    assert forward_mac == pytest.approx(1.814e9 * (256 / 224) ** 2 - 0.103e9, rel=0.01)
+    assert bench_train.step_flops(net, x, y) / counter.get_total_flops() == pytest.approx(3.0, abs=0.05)
+
+
+def test_batch_flops_is_the_jobs_network_on_a_training_batch_and_rows_set_it_against_time(bench_cfg, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = bench_cfg("supervision=weak")
+    dm = common.make_datamodule(cfg, cache_dir=tmp_path / "cache")
+    dm.prepare_data()
+    dm.setup("fit")
+    flops = bench_train.batch_flops(cfg, dm, torch.device("cpu"))
+    batch = next(iter(dm.train_dataloader()))["image"]
+    two = batch[:2].float()
+    net = instantiate(cfg.model.net).train()
+    assert flops == len(batch) // 2 * bench_train.step_flops(net, two, torch.tensor([0, 1]))  # per sample x batch
+    t = {"device": "cpu", "data_on": "cpu", "threads": 2, "batch_size": 8, "precision": "32", "steps": 12,
+         "warmup_steps": 3, "repeats": 3, "framework_samples_per_s": 80.0, "bare_samples_per_s": 84.0,
+         "overhead_ratio": 1.05, "overhead_ratio_per_repeat_median": 1.04, "overhead_ratio_cpu": 1.0,
+         "framework_s_per_step": 0.1, "framework_cpu_s_per_step": 0.2, "flops_per_step": 4e10,
+         "flops_per_sample": 5e9, "framework_tflops": 0.4, "bare_tflops": 0.42, "peak_tflops": 2.0,
+         "framework_of_peak": 0.2}
+    line = dict(bench_train.rows(t))["train: arithmetic"]
+    assert line.startswith("40.00 GFLOP per step (5.000 per sample") and "framework 400.0 GFLOP/s" in line
+    assert "20.0 % of the 2 TFLOP/s peak" in line
+    assert "peak" not in dict(bench_train.rows({**t, "peak_tflops": None}))["train: arithmetic"]

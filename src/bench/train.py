@@ -7,7 +7,9 @@ checkpointing and validation off). The bare run is a plain loop over the same ne
 threads, precision and memory format. Both run on the job's own cohort and cache; ``bench.train.repeats`` interleaved
 runs of ``steps`` steps after ``warmup_steps``, medians of wall and process CPU time, and their
 ratio (goal <= 1.05). On CUDA, one more framework run counts the host-device syncs per step and
-names their call sites (CUDA's sync debug mode).
+names their call sites (CUDA's sync debug mode). The step's arithmetic, counted by torch's
+``FlopCounterMode`` on one training batch (forward, loss and backward), sets the step time against
+the work it does: FLOP/s achieved, and the share of ``bench.train.peak_tflops`` when that is given.
 """
 from __future__ import annotations
 
@@ -171,6 +173,34 @@ def bare_run(cfg, dm, device, warmup: int, steps: int, losses: list | None = Non
     return span(stamps, warmup, steps)
 
 
+def step_flops(net, x, y) -> int:
+    """FLOPs of one training step's arithmetic on batch ``(x, y)``: forward, cross-entropy and backward, as
+    torch's ``FlopCounterMode`` counts them (2 per multiply-add of every convolution and matrix product;
+    the optimiser's element-wise update is not counted). ``net`` is left as it was (gradients cleared)."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.cross_entropy(net(x), y).backward()
+    net.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def batch_flops(cfg, dm, device) -> int:
+    """:func:`step_flops` of the job's network (a fresh one, in training mode, in the job's memory format)
+    on the first training batch, in float32 (bf16 does the same arithmetic)."""
+    from hydra.utils import instantiate
+
+    net = instantiate(cfg.model.net).to(device).train()
+    fmt = memory_format(cfg, net)
+    batch = next(iter(dm.train_dataloader()))
+    x = batch["image"].to(device).float()
+    if fmt is not None:
+        net, x = net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    return step_flops(net, x, batch["label"].to(device))
+
+
 def measure(cfg, ctx: Context) -> dict:
     import torch
 
@@ -188,6 +218,8 @@ def measure(cfg, ctx: Context) -> dict:
         bare.append(bare_run(cfg, dm, device, w, n))
     bs = dm.batch_size
     syncs = framework_run(cfg, dm, device, w, n, ctx.work, audit=True) if device.type == "cuda" else None
+    flops = batch_flops(cfg, dm, device)
+    peak = cfg.bench.train.get("peak_tflops")
     fw_s, bare_s = [f[0] for f in fw], [b[0] for b in bare]
     fw_cpu, bare_cpu = [f[1] for f in fw], [b[1] for b in bare]
     return {
@@ -200,6 +232,11 @@ def measure(cfg, ctx: Context) -> dict:
         "overhead_ratio": median(fw_s) / median(bare_s),
         "overhead_ratio_per_repeat_median": median([f / b for f, b in zip(fw_s, bare_s)]),
         "overhead_ratio_cpu": median(fw_cpu) / median(bare_cpu),
+        # the step's arithmetic (FlopCounterMode, first training batch) against the measured step time
+        "flops_per_step": flops, "flops_per_sample": flops / bs,
+        "framework_tflops": flops / (median(fw_s) / n) / 1e12, "bare_tflops": flops / (median(bare_s) / n) / 1e12,
+        "peak_tflops": None if peak is None else float(peak),
+        "framework_of_peak": None if peak is None else flops / (median(fw_s) / n) / 1e12 / float(peak),
         # CUDA only: host-device syncs per training step in the framework loop, and where they come from
         "syncs_per_step": None if syncs is None else len(syncs) / n,
         "sync_sites": None if syncs is None else dict(collections.Counter(syncs).most_common(8)),
@@ -217,6 +254,12 @@ def rows(t: dict) -> list[tuple[str, str]]:
             " goal <= 1.05"),
            ("train: framework step", f"{t['framework_s_per_step']:.4f} s wall, "
             f"{t['framework_cpu_s_per_step']:.4f} CPU-s")]
+    if t.get("flops_per_step") is not None:
+        peak = "" if t.get("peak_tflops") is None else (f"; {100 * t['framework_of_peak']:.1f} % of the "
+                                                        f"{t['peak_tflops']:g} TFLOP/s peak given")
+        out.append(("train: arithmetic", f"{t['flops_per_step'] / 1e9:.2f} GFLOP per step ("
+                    f"{t['flops_per_sample'] / 1e9:.3f} per sample, forward + backward); framework "
+                    f"{1e3 * t['framework_tflops']:.1f} GFLOP/s, bare {1e3 * t['bare_tflops']:.1f} GFLOP/s{peak}"))
     if t.get("syncs_per_step") is not None:
         out.append(("train: host-device syncs", f"{t['syncs_per_step']:.2f} per step; sites: "
                     + (", ".join(f"{k} x{v}" for k, v in t["sync_sites"].items()) or "none")))
