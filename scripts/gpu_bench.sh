@@ -239,8 +239,8 @@ log = sweep.parent
 
 def table(sweep: Path, title: str) -> list:
     rows = []
-    print(f"| job ({title}) | wall s | train samples/s | fetch % of train time | epochs | test AUC |")
-    print("|---|---|---|---|---|---|")
+    print(f"| job ({title}) | wall s | train samples/s | training TFLOP/s | fetch % of train time | epochs | test AUC |")
+    print("|---|---|---|---|---|---|---|")
     jobs = [p for p in sweep.iterdir() if (p / "wall.json").exists()] if sweep.is_dir() else []
     for d in sorted(jobs, key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 0, p.name)):
         wall = json.loads((d / "wall.json").read_text())
@@ -249,8 +249,12 @@ def table(sweep: Path, title: str) -> list:
         rows.append({"job": d.name, **wall, **{k: v for k, v in tp.items() if k != "epoch_s"},
                      "test_auc": met.get("test_auc")})
         print(f"| {d.name} | {wall.get('wall_s', float('nan')):.1f} | {tp.get('samples_per_s', float('nan')):.0f} | "
+              f"{tp.get('tflops') or float('nan'):.1f} | "
               f"{100 * tp.get('data_wait_fraction', float('nan')):.1f} | {tp.get('epochs')} | "
               f"{met.get('test_auc', float('nan')):.3f} |")
+    if rows:  # jobs at once share the device: their sums are its rates
+        print(f"| sum over the jobs | | {sum(r.get('samples_per_s') or 0 for r in rows):.0f} | "
+              f"{sum(r.get('tflops') or 0 for r in rows):.1f} | | | |")
     return rows
 
 

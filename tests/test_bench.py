@@ -14,6 +14,7 @@ import torch
 from src.bench import common, memory, preprocess, report, startup
 from src.bench import train as bench_train
 from src.data.cache import ArrayCache
+from src.utils.flops import step_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,6 +201,12 @@ def test_throughput_monitor_writes_json(cfg_factory, tmp_path):
     res = json.loads((tmp_path / "tp" / "throughput.json").read_text())
     assert res["train_samples"] > 0 and 0 <= res["data_wait_fraction"] <= 1 and res["epochs"] == 1
     assert len(res["epoch_s"]) == 1 and res["samples_per_s"] == pytest.approx(res["train_samples"] / res["epoch_s"][0])
+    # the arithmetic rate: FLOPs per sample of the job's network (as the bench counts them) x samples/s
+    net = instantiate(cfg.model.net).train()
+    shape = (cfg.data.loader.batch_size, 1, *cfg.preprocess.roi_size)
+    per_sample = step_flops(net, torch.zeros(shape), torch.zeros(shape[0], dtype=torch.long)) / shape[0]
+    assert res["flops_per_sample"] == pytest.approx(per_sample)
+    assert res["tflops"] == pytest.approx(res["flops_per_sample"] * res["samples_per_s"] / 1e12)
 
 
 def test_parallel_generation_is_identical(tmp_path):
@@ -240,11 +247,11 @@ def test_step_flops_counts_forward_loss_and_backward():
     """2 FLOPs per multiply-add; backward: the weight gradients, and the input gradients of every layer but
     the first (the images need none)."""
     net = torch.nn.Linear(10, 3)
-    assert bench_train.step_flops(net, torch.randn(4, 10), torch.tensor([0, 1, 2, 0])) == 2 * (2 * 4 * 10 * 3)
+    assert step_flops(net, torch.randn(4, 10), torch.tensor([0, 1, 2, 0])) == 2 * (2 * 4 * 10 * 3)
     assert net.weight.grad is None  # the count leaves no gradients behind
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(256, 2))
     fwd_conv, fwd_fc = 2 * 2 * 4 * 64 * 9, 2 * 2 * 256 * 2
-    assert bench_train.step_flops(conv, torch.randn(2, 1, 8, 8), torch.tensor([0, 1])) == 2 * fwd_conv + 3 * fwd_fc
+    assert step_flops(conv, torch.randn(2, 1, 8, 8), torch.tensor([0, 1])) == 2 * fwd_conv + 3 * fwd_fc
 
 
 def test_step_flops_of_the_paper_2d_network(cfg_factory):
@@ -261,7 +268,7 @@ def test_step_flops_of_the_paper_2d_network(cfg_factory):
         net(x)
     forward_mac = counter.get_total_flops() / 2 / 2
     assert forward_mac == pytest.approx(1.814e9 * (256 / 224) ** 2 - 0.103e9, rel=0.01)
-    assert bench_train.step_flops(net, x, y) / counter.get_total_flops() == pytest.approx(3.0, abs=0.05)
+    assert step_flops(net, x, y) / counter.get_total_flops() == pytest.approx(3.0, abs=0.05)
 
 
 def test_batch_flops_is_the_jobs_network_on_a_training_batch_and_rows_set_it_against_time(bench_cfg, tmp_path):
@@ -275,7 +282,7 @@ def test_batch_flops_is_the_jobs_network_on_a_training_batch_and_rows_set_it_aga
     batch = next(iter(dm.train_dataloader()))["image"]
     two = batch[:2].float()
     net = instantiate(cfg.model.net).train()
-    assert flops == len(batch) // 2 * bench_train.step_flops(net, two, torch.tensor([0, 1]))  # per sample x batch
+    assert flops == len(batch) // 2 * step_flops(net, two, torch.tensor([0, 1]))  # per sample x batch
     t = {"device": "cpu", "data_on": "cpu", "threads": 2, "batch_size": 8, "precision": "32", "steps": 12,
          "warmup_steps": 3, "repeats": 3, "framework_samples_per_s": 80.0, "bare_samples_per_s": 84.0,
          "overhead_ratio": 1.05, "overhead_ratio_per_repeat_median": 1.04, "overhead_ratio_cpu": 1.0,

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from src.bench.common import Context, make_datamodule, make_trainer, median, step_callbacks, train_device
+from src.utils.flops import step_flops
 
 
 def span(stamps: list[tuple[float, float]], warmup: int, steps: int) -> tuple[float, float]:
@@ -171,20 +172,6 @@ def bare_run(cfg, dm, device, warmup: int, steps: int, losses: list | None = Non
                 scheduler.step()
         epoch += 1
     return span(stamps, warmup, steps)
-
-
-def step_flops(net, x, y) -> int:
-    """FLOPs of one training step's arithmetic on batch ``(x, y)``: forward, cross-entropy and backward, as
-    torch's ``FlopCounterMode`` counts them (2 per multiply-add of every convolution and matrix product;
-    the optimiser's element-wise update is not counted). ``net`` is left as it was (gradients cleared)."""
-    import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        F.cross_entropy(net(x), y).backward()
-    net.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
 
 
 def batch_flops(cfg, dm, device) -> int:

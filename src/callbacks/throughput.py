@@ -1,5 +1,6 @@
-"""Training throughput of a real job: samples/s and the share of the training loop spent fetching
-batches, written to ``output_dir/filename`` (JSON) at the end of fitting.
+"""Training throughput of a real job: samples/s, the share of the training loop spent fetching batches,
+and the arithmetic rate that makes (FLOPs per sample, counted on a copy of the network after training,
+times samples/s), written to ``output_dir/filename`` (JSON) at the end of fitting.
 
 Added to any job with ``+callbacks.throughput._target_=src.callbacks.throughput.ThroughputMonitor
 +callbacks.throughput.output_dir=DIR`` (``scripts/gpu_bench.sh`` does, per job).
@@ -30,6 +31,8 @@ class ThroughputMonitor(L.Callback):
         self.epoch_s: list[float] = []
         self.prev: float | None = None
         self.t_epoch: float | None = None
+        self.batch_shape: tuple[int, ...] | None = None  # the first training batch's image shape
+        self.flops_per_sample: float | None = None
 
     @staticmethod
     def _now(pl_module: L.LightningModule, sync: bool) -> float:
@@ -42,6 +45,8 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.wait += time.perf_counter() - self.prev
+        if self.batch_shape is None:
+            self.batch_shape = tuple(batch["image"].shape)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         last = batch_idx + 1 >= trainer.num_training_batches
@@ -52,16 +57,23 @@ class ThroughputMonitor(L.Callback):
 
     def results(self) -> dict:
         total = sum(self.epoch_s)
+        rate = self.samples / total if total else float("nan")
+        per = self.flops_per_sample
         return {"train_samples": self.samples, "train_loop_s": total, "epochs": len(self.epoch_s),
-                "samples_per_s": self.samples / total if total else float("nan"),
-                "data_wait_fraction": self.wait / total if total else float("nan"),
+                "samples_per_s": rate, "data_wait_fraction": self.wait / total if total else float("nan"),
+                "flops_per_sample": per, "tflops": None if per is None else per * rate / 1e12,
                 "epoch_s": self.epoch_s}
 
     def on_train_end(self, trainer, pl_module):
         if not trainer.is_global_zero:
             return
+        if self.batch_shape is not None:  # after the timed loop: the count adds nothing to it
+            from src.utils.flops import flops_per_sample
+
+            self.flops_per_sample = flops_per_sample(pl_module.net, self.batch_shape, pl_module.device)
         res = self.results()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / self.filename).write_text(json.dumps(res, indent=2))
+        rate = "" if res["tflops"] is None else f", {res['tflops']:.3f} TFLOP/s of training arithmetic"
         print(f"throughput: {res['samples_per_s']:.1f} samples/s, data wait "
-              f"{100 * res['data_wait_fraction']:.1f}% of step time", flush=True)
+              f"{100 * res['data_wait_fraction']:.1f}% of step time{rate}", flush=True)
