@@ -168,3 +168,16 @@ def test_synthetic_anatomy_decorrelates_along_z_like_the_real_scans():
         synthetic = table["synthetic"][fill]
         assert real.shape == synthetic.shape == (len(DZ_MM),)
         assert np.abs(synthetic - real).max() <= 0.1, (fill, real.round(2), synthetic.round(2))
+
+
+def test_the_ablation_is_a_config_value_of_the_synthetic_source(cfg_factory):
+    from hydra.utils import instantiate
+
+    plain = instantiate(cfg_factory().data.source)
+    ablated = instantiate(cfg_factory("synthetic.uninformative=[diameter_mm]").data.source)
+    assert plain.spec.uninformative == () and ablated.spec.uninformative == ("diameter_mm",)
+    assert plain.locate("unused") != ablated.locate("unused")  # its own cohort folder
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="planted features are"):  # before any cohort is written
+        instantiate(cfg_factory("synthetic.uninformative=[size]").data.source)
