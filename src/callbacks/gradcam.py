@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from src.callbacks.predictions import TestMetricsContributor
+from src.models.layers import ChannelsLastMaxPool
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ def _geometry_twin(net: nn.Module) -> nn.Module:
     avg = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
     for parent in list(twin.modules()):
         for name, child in list(parent.named_children()):
+            if isinstance(child, ChannelsLastMaxPool):
+                child = child.plain()
             if type(child) in avg:
                 setattr(parent, name, avg[type(child)](child.kernel_size, child.stride, child.padding,
                                                        ceil_mode=child.ceil_mode))

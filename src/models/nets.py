@@ -9,10 +9,15 @@ Stems are chosen deliberately and stay configurable (``conv1_t_size``, ``conv1_t
 - 3D (32^3 ROIs): a 3x3x3 stride-1 stem + max-pool. A stride-2 stem would leave layer4 a 1^3 map
   (useless for Grad-CAM); stride 1 + max-pool leaves 2^3, as MONAI's default 7^3 stem does, at
   ~1/12 of that stem's cost (the stem is ~20% of the 3D network's FLOPs at 32^3).
+
+The stem's max-pool runs PyTorch's channels-last CPU kernel with bitwise the same outputs and gradients
+(``src/models/layers.py``); the network's parameters, checkpoints and memory layout are MONAI's.
 """
 from __future__ import annotations
 
 import torch.nn as nn
+
+from src.models.layers import fast_max_pools
 
 
 def resnet18(spatial_dims: int, in_channels: int = 1, num_classes: int = 2, conv1_t_size: int = 7,
@@ -25,6 +30,7 @@ def resnet18(spatial_dims: int, in_channels: int = 1, num_classes: int = 2, conv
     net = monai_resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
                          conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool,
                          widen_factor=widen_factor, shortcut_type=shortcut_type, pretrained=False)
+    fast_max_pools(net)
     if pretrained:
         from src.models.pretrained import load_pretrained
 
@@ -44,6 +50,7 @@ def mil_resnet18(in_channels: int = 1, num_classes: int = 2, mil_mode: str = "at
     backbone = ResNet(ResNetBlock, [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=2, n_input_channels=in_channels,
                       conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool,
                       widen_factor=widen_factor, feed_forward=False)
+    fast_max_pools(backbone)
     with torch.no_grad():
         features = int(backbone.eval()(torch.zeros(1, in_channels, 32, 32)).shape[-1])
     backbone.train()
