@@ -26,17 +26,20 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "export.yaml"
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 
 
-def probabilities(net):
-    """``net`` followed by a softmax over its two classes, in eval mode."""
+def probabilities(net, tta: str = "none"):
+    """``net`` followed by a softmax over its two classes, in eval mode; ``tta``: the job's test-time
+    augmentation (``src/models/tta.py``), part of the exported graph."""
     import torch
+
+    from src.models.tta import axial_plane, tta_logits
 
     class Probabilities(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
-            self.inner = inner
+            self.inner, self.tta, self.plane = inner, tta, axial_plane(inner)
 
         def forward(self, x):
-            return torch.softmax(self.inner(x).float(), dim=-1)
+            return torch.softmax(tta_logits(self.inner, x, self.tta, self.plane).float(), dim=-1)
 
     return Probabilities(net).eval()
 
@@ -94,7 +97,7 @@ def export(opts: DictConfig) -> Path:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     ckpt, job = resolve_checkpoint(opts.ckpt_path)
     settings = job_settings(load_job_config(job))
-    model = probabilities(load_network(ckpt, settings["net"]))
+    model = probabilities(load_network(ckpt, settings["net"]), settings["tta"])
     out_dir = Path(opts.out_dir) if opts.out_dir else job / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / FORMATS[fmt]
@@ -115,6 +118,7 @@ def export(opts: DictConfig) -> Path:
     tmp.replace(out)
     meta = {"format": fmt, "file": out.name, "checkpoint": str(ckpt.resolve()), "supervision": settings["supervision"],
             "phase": settings["phase"], "input": list(example_input(settings, 1).shape), "input_batch_axis": 0,
+            "test_time_augmentation": settings["tta"],
             "output": "probabilities (N, 2): P(low grade), P(high grade)", "threshold": settings["threshold"],
             "decision": "high grade iff P(high) > threshold", "preprocess": settings["preprocess"],
             "aggregation": settings["aggregation"] if settings["supervision"] == "weak" else None,

@@ -91,6 +91,7 @@ def job_settings(job_cfg: DictConfig) -> dict:
             "aggregation": agg,
             "threshold": float(threshold),
             "cam_layer": OmegaConf.select(job_cfg, "model.cam_layer", default=None),
+            "tta": str(OmegaConf.select(job_cfg, "model.tta", default="none")),
         }
     except Exception as exc:  # a config that is not a training job's
         raise InputError(f"cannot read the job config ({type(exc).__name__}: {exc})") from None
@@ -171,19 +172,22 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
     import numpy as np
     import torch
 
+    from src.models.tta import tta_logits
+
+    mode = settings.get("tta", "none")
     with torch.no_grad():
         if settings["supervision"] == "strong":
             angles = [float(a) for a in arrays["angles"]]
             x = torch.from_numpy(np.asarray(arrays["rois"][angles.index(0.0)], dtype=np.float32))[None, None]
-            return {**_decision(net(x), settings["threshold"]), "input": x[0]}
+            return {**_decision(tta_logits(net, x, mode), settings["threshold"]), "input": x[0]}
         if settings["supervision"] == "mil":  # every lesion slice as one bag: one prediction for the patient
             bag = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))[None, :, None]
-            return {**_decision(net(bag), settings["threshold"]),
+            return {**_decision(tta_logits(net, bag, mode), settings["threshold"]),
                     "slices": [{"slice_index": int(k)} for k in np.asarray(arrays["slice_index"])]}
         from src.callbacks.aggregation import aggregate_patient
 
         slices = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))[:, None]
-        probs = torch.cat([net(slices[i:i + batch_size]).float().softmax(-1)
+        probs = torch.cat([tta_logits(net, slices[i:i + batch_size], mode).float().softmax(-1)
                            for i in range(0, len(slices), batch_size)])
         probs = probs.numpy().astype(np.float64)
         probs /= probs.sum(1, keepdims=True)

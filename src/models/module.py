@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
+from src.models.tta import check_mode, tta_logits
+
 
 def _metrics(prefix: str) -> MetricCollection:
     # validate_args=False: the inputs are our own probabilities and 0/1 labels, and torchmetrics' checks
@@ -29,11 +31,14 @@ def _metrics(prefix: str) -> MetricCollection:
 
 class GradeModule(L.LightningModule):
     def __init__(self, net: nn.Module, optimizer, scheduler=None, label_smoothing: float = 0.0,
-                 cam_layer: str | None = None, val_metrics_prefix: str = "val_"):
+                 cam_layer: str | None = None, val_metrics_prefix: str = "val_", tta: str = "none"):
         """``cam_layer``: the network's layer Grad-CAM explains (recorded in the hyper-parameters);
         ``val_metrics_prefix``: the name of the per-sample validation metrics (``val_``: the samples are the
-        patients; weak: ``val_slice_``, the patient-level ``val_*`` come from ``PatientValidation``)."""
+        patients; weak: ``val_slice_``, the patient-level ``val_*`` come from ``PatientValidation``);
+        ``tta``: test-time augmentation of the test predictions (``src/models/tta.py``; training and
+        validation, hence checkpoint selection, see the input alone)."""
         super().__init__()
+        check_mode(tta)
         # the network and the optimizer factories are objects: the run's Hydra config records them
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
@@ -78,7 +83,7 @@ class GradeModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         """This batch's class probabilities with its ids, on the host (collected by the prediction writer)."""
-        return self._predictions(batch, self(batch["image"].float()))
+        return self._predictions(batch, tta_logits(self.net, batch["image"].float(), self.hparams.tta))
 
     @staticmethod
     def _predictions(batch, logits: torch.Tensor) -> dict[str, torch.Tensor]:
