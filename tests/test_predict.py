@@ -106,6 +106,22 @@ def test_weak_aggregates_slices_with_the_job_rule(tmp_path, cohort):
     assert json.loads((tmp_path / "pred" / "patient.json").read_text())["aggregation_info"]["method"] == "mean"
 
 
+def test_weak_with_test_time_views_averages_each_slice(tmp_path, cohort):
+    """``model.tta=flip``: each slice's probability is the mean over the slice and its mirror, then the rule."""
+    ckpt = make_job(tmp_path / "weak", "weak", 2, "callbacks.predictions.aggregation.method=mean", "model.tta=flip")
+    out = predict(ckpt, cohort / "images" / "SYN0003_CMP.nii.gz", cohort / "masks" / "SYN0003_mask.nii.gz")
+    arrays, net, agg = _direct(ckpt, cohort, "SYN0003")
+    x = torch.from_numpy(np.asarray(arrays["slices"], np.float32))[:, None]
+    with torch.no_grad():
+        probs = ((net(x).softmax(-1) + net(x.flip(-2)).softmax(-1)) / 2).double().numpy()
+        plain = net(x).softmax(-1)[:, 1].numpy()
+    masks = np.unpackbits(arrays["masks"], axis=-1, count=32).astype(bool)
+    expect = aggregate_patient(arrays["slice_index"], probs / probs.sum(1, keepdims=True), masks, **rule_options(agg))
+    assert out["prob_high"] == pytest.approx(expect.prob_high, abs=1e-6)
+    got = np.array([s["prob_high"] for s in out["slices"]])
+    assert np.allclose(got, probs[:, 1], atol=1e-6) and not np.allclose(got, plain, atol=1e-6)
+
+
 def test_bad_inputs_are_one_line_errors(strong_job, cohort, tmp_path):
     img, mask = cohort / "images" / "SYN0001_CMP.nii.gz", cohort / "masks" / "SYN0001_mask.nii.gz"
     with pytest.raises(InputError, match="checkpoint not found"):
