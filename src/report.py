@@ -314,6 +314,9 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
             seeds=means["job"].to_numpy(),
             auc=[f"{fmt(m)} +- {fmt(s)}" for m, s in zip(means["test_auc"], sds["test_auc"])])
         summary.columns = cols
+        if (means["setting"].fillna("") != "").any():  # jobs of one model with other overrides than seed and fold
+            summary.insert(2, "setting", means["setting"].fillna("").to_numpy())
+            cols.insert(2, "setting")
         note = ""
         if means["test_auc_of_oracle"].notna().any():  # each job against its own cohort's oracle
             cols.append("AUC / oracle, mean +- SD")
@@ -325,7 +328,8 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
             note += (f" The jobs span {n_cohorts} cohorts (on the synthetic cohort each `seed` draws another): "
                      "Table 1 describes one of them, and patients are matched by id only within a cohort.")
         md.append("\n## Repeated seeds and folds (testing set, patient level)\n\n"
-                  "Jobs of one model that differ in `seed` (`-m ... seed=0,1,2`) or in `data.split.fold`; Tables 2-3 "
+                  "Jobs of one model that differ in `seed` (`-m ... seed=0,1,2`) or in `data.split.fold`; jobs whose "
+                  "other overrides differ are summarised apart (`setting`). Tables 2-3 "
                   f"use the first job of each model. Every job's value, with its seed and fold: `seeds.csv`.{note}\n\n")
         md.append(_md_table(summary, cols))
     if th is not None and len(th):

@@ -258,6 +258,32 @@ def test_jobs_that_differ_only_in_seed_are_grouped(tmp_path):
     assert "## Repeated seeds" in report and "0.800 +- 0.100" in report
 
 
+def test_jobs_whose_other_overrides_differ_are_summarised_apart(tmp_path):
+    """``-m model.tta=none,d4 seed=0,1``: two settings of one model, each with its own mean +- SD; the
+    seed, the fold, the run folder and the worker count are not part of a setting."""
+    from src.reporting.sweep import recipe
+
+    root = tmp_path / "settings"
+    root.mkdir()
+    jobs = [("none", 0, 0.70), ("none", 1, 0.80), ("d4", 0, 0.75), ("d4", 1, 0.95)]
+    for n, (tta, seed, auc) in enumerate(jobs):
+        d = _make_job(root, n, "CMP", "weak")
+        (d / ".hydra" / "overrides.yaml").write_text(
+            f"- phase=CMP\n- supervision=weak\n- experiment=cpu_paper\n- model.tta={tta}\n- seed={seed}\n"
+            f"- hydra.run.dir=/runs/{n}\n- data.workers=1\n")
+        (d / "metrics.json").write_text(json.dumps({"phase": "CMP", "supervision": "weak", "seed": seed,
+                                                     "test_auc": auc, "test_accuracy": 0.5}))
+    report = write_report(root).read_text(encoding="utf-8")
+    sd = pd.read_csv(root / "report" / "seeds.csv", dtype={"seed": str}, keep_default_na=False)
+    means = sd[sd.seed == "mean"].set_index("setting")
+    assert sorted(means.index) == ["model.tta=d4", "model.tta=none"]
+    assert float(means.loc["model.tta=none", "test_auc"]) == pytest.approx(0.75)
+    assert float(means.loc["model.tta=d4", "test_auc"]) == pytest.approx(0.85)
+    assert "| weak | CMP | model.tta=d4 | 2 job(s) | 0.850 +- 0.141 |" in report
+    assert recipe(["+data.split.fold=2", "++model.tta=flip", "paths.output_dir=x", "seed=3"]) == ("model.tta=flip",)
+    assert recipe(["seed=0", "hydra.run.dir=a"]) == recipe(["seed=1", "hydra.run.dir=b"]) == ()
+
+
 def test_oracle_rows_and_fractions_when_the_cohort_has_a_planted_signal(tmp_path, sweep):
     """A cohort with oracle_<phase> columns: an oracle section, oracle rows in Tables 2-3, AUC / oracle."""
     root = tmp_path / "sweep"

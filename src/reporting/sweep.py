@@ -27,6 +27,39 @@ import pandas as pd
 
 from src.data.manifest import PAPER_SUPERVISIONS, PHASES, SPLITS, SUPERVISIONS
 
+# Overrides that are not part of a job's recipe: which repeat it is (seed, fold, tested site), which
+# model (phase, supervision; the report's own keys), and where or on what it runs.
+REPEAT_KEYS = frozenset({"seed", "synthetic.seed", "data.split.fold", "data.split.test_site", "phase", "supervision",
+                         "ckpt_path", "data.workers", "trainer.devices"})
+NOT_RECIPE_PREFIXES = ("hydra.", "paths.")
+
+
+def read_overrides(job_dir: Path) -> list[str]:
+    """The job's command-line overrides as Hydra recorded them (``.hydra/overrides.yaml``); [] when absent."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    try:
+        import yaml
+
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return [str(v) for v in values] if isinstance(values, list) else []
+    except Exception:  # noqa: BLE001 - an unreadable file must not stop the report
+        return []
+
+
+def recipe(overrides: list[str]) -> tuple[str, ...]:
+    """The overrides that change what a job learns, sorted: all but :data:`REPEAT_KEYS` and
+    :data:`NOT_RECIPE_PREFIXES` (``+``/``++`` prefixes dropped). Jobs of one model with the same recipe
+    differ only in seed or fold."""
+    kept = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key not in REPEAT_KEYS and not key.startswith(NOT_RECIPE_PREFIXES):
+            kept.append(item.lstrip("+"))
+    return tuple(sorted(kept))
+
+
 PAPER_PHASE_ORDER = ("CMP", "NP", "UP")  # row order of the paper's Tables 2-3
 
 _DIR_RE = re.compile(r"^(?P<n>\d+)_(?P<phase>[A-Za-z]+)_(?P<sup>[A-Za-z]+)$")
@@ -46,6 +79,7 @@ class Job:
     patients: dict[str, pd.DataFrame] = field(default_factory=dict)  # split -> patient table
     slices: dict[str, pd.DataFrame] = field(default_factory=dict)  # split -> slice table
     cohort: pd.DataFrame | None = None  # the job's cohort.csv (its own split), None when absent or unreadable
+    recipe: tuple[str, ...] = ()  # the job's command-line overrides that set what it learns (see :func:`recipe`)
 
     @property
     def name(self) -> str:
@@ -166,7 +200,7 @@ def load_job(job_dir: Path) -> Job:
     phase = pick("phase", _norm_phase, "phase")
     sup = pick("supervision", _norm_sup, "sup")
     job = Job(job_dir, int(m.group("n")) if m else None, phase, sup, metrics=metrics,
-              cohort=read_cohort(job_dir / "cohort.csv"))
+              cohort=read_cohort(job_dir / "cohort.csv"), recipe=recipe(read_overrides(job_dir)))
 
     err = job_dir / "error.txt"
     if err.is_file():

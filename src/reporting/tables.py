@@ -319,31 +319,47 @@ def _job_oracle(sweep: Sweep, job, phase: str) -> dict:
     return {"test_oracle_auc": o["auc"] if o else NAN, "test_auc_of_oracle": of_oracle(auc, o)}
 
 
+def _setting_labels(jobs) -> dict[tuple[str, ...], str]:
+    """For the recipes of one model's jobs: '' when they share one recipe; otherwise each recipe's
+    overrides that not all of them share (``default`` for a recipe with none of those)."""
+    recipes = {j.recipe for j in jobs}
+    if len(recipes) < 2:
+        return {r: "" for r in recipes}
+    common = set.intersection(*(set(r) for r in recipes))
+    return {r: " ".join(o for o in r if o not in common) or "default" for r in recipes}
+
+
 def seeds_table(sweep: Sweep) -> pd.DataFrame:
     """Every ok job's test metrics with its seed and fold (k-fold: the fold; site: the tested site; holdout:
-    empty) from ``metrics.json``, and per model (phase x supervision) the mean and the sample SD across its
-    jobs (seeds and folds): rows ``seed`` = the seed, ``mean``, ``sd``. Models with a single job get their
-    row and a mean (SD NaN). ``test_oracle_auc``: the planted signal's AUC on the job's testing patients,
-    from the job's own cohort (on the synthetic cohort each seed is another cohort), and
-    ``test_auc_of_oracle`` the job's AUC as a fraction of it (NaN without oracle columns)."""
+    empty) from ``metrics.json``, and per model (phase x supervision) and setting the mean and the sample SD
+    across its jobs (seeds and folds): rows ``seed`` = the seed, ``mean``, ``sd``. Jobs of one model whose
+    recipes differ (other overrides than seed and fold, ``src.reporting.sweep.recipe``: a multirun over an
+    option and seeds) are summarised apart, ``setting`` naming the overrides that tell them apart; it is
+    empty when a model's jobs share one recipe. Models with a single job get their row and a mean (SD NaN).
+    ``test_oracle_auc``: the planted signal's AUC on the job's testing patients, from the job's own cohort
+    (on the synthetic cohort each seed is another cohort), and ``test_auc_of_oracle`` the job's AUC as a
+    fraction of it (NaN without oracle columns)."""
     by_model: dict[tuple[str, str], list] = {}
     for job in sweep.jobs:
         if job.status == "ok" and job.phase and job.supervision:
             by_model.setdefault((job.phase, job.supervision), []).append(job)
     rows = []
     order = {p: i for i, p in enumerate(PAPER_PHASE_ORDER)}
-    for (phase, sup), jobs in sorted(by_model.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
-        per = [{"supervision": sup, "phase": phase, "seed": str(j.metrics.get("seed", "?")),
-                "fold": "" if j.metrics.get("split_scheme", "holdout") == "holdout" else str(j.metrics.get(
-                    "fold") if j.metrics.get("split_scheme") == "kfold" else j.metrics.get("test_site")),
-                "job": j.name, **{k: float(j.metrics.get(k, np.nan)) for k in JOB_METRICS},
-                **_job_oracle(sweep, j, phase)} for j in jobs]
-        rows += per
-        values = pd.DataFrame(per)[list(SEED_METRICS)]
-        for stat, v in (("mean", values.mean()), ("sd", values.std(ddof=1))):  # one job: SD NaN
-            rows.append({"supervision": sup, "phase": phase, "seed": stat, "fold": "", "job": f"{len(per)} job(s)",
-                         **v.to_dict()})
-    return pd.DataFrame(rows, columns=["supervision", "phase", "seed", "fold", "job", *SEED_METRICS])
+    for (phase, sup), model_jobs in sorted(by_model.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
+        labels = _setting_labels(model_jobs)
+        for setting in sorted(set(labels.values())):
+            jobs = [j for j in model_jobs if labels[j.recipe] == setting]
+            per = [{"supervision": sup, "phase": phase, "setting": setting, "seed": str(j.metrics.get("seed", "?")),
+                    "fold": "" if j.metrics.get("split_scheme", "holdout") == "holdout" else str(j.metrics.get(
+                        "fold") if j.metrics.get("split_scheme") == "kfold" else j.metrics.get("test_site")),
+                    "job": j.name, **{k: float(j.metrics.get(k, np.nan)) for k in JOB_METRICS},
+                    **_job_oracle(sweep, j, phase)} for j in jobs]
+            rows += per
+            values = pd.DataFrame(per)[list(SEED_METRICS)]
+            for stat, v in (("mean", values.mean()), ("sd", values.std(ddof=1))):  # one job: SD NaN
+                rows.append({"supervision": sup, "phase": phase, "setting": setting, "seed": stat, "fold": "",
+                             "job": f"{len(per)} job(s)", **v.to_dict()})
+    return pd.DataFrame(rows, columns=["supervision", "phase", "setting", "seed", "fold", "job", *SEED_METRICS])
 
 
 def thresholds_table(sweep: Sweep) -> pd.DataFrame:
