@@ -174,7 +174,7 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
 
     from src.models.tta import tta_logits
 
-    mode = settings.get("tta", "none")
+    mode = settings["tta"]
     with torch.no_grad():
         if settings["supervision"] == "strong":
             angles = [float(a) for a in arrays["angles"]]

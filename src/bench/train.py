@@ -105,7 +105,8 @@ def memory_format(cfg, net):
     """The memory format ``callbacks.speed`` gives ``net`` (None: the default layout)."""
     from hydra.utils import instantiate
 
-    from src.callbacks.speed import LAYOUTS, spatial_dims
+    from src.callbacks.speed import LAYOUTS
+    from src.models.nets import spatial_dims
 
     speed = (cfg.get("callbacks") or {}).get("speed")
     if speed is None:

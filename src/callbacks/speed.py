@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.nn as nn
+
+from src.models.nets import spatial_dims
 
 LAYOUTS = {2: torch.channels_last, 3: torch.channels_last_3d}
-
-
-def spatial_dims(net: nn.Module) -> int:
-    """2 or 3: the dimensionality of the network's first convolution."""
-    conv = next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
-    return 2 if isinstance(conv, nn.Conv2d) else 3
 
 
 class NetworkSpeed(L.Callback):

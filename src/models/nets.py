@@ -20,6 +20,12 @@ import torch.nn as nn
 from src.models.layers import fast_max_pools
 
 
+def spatial_dims(net: nn.Module) -> int:
+    """2 or 3: the dimensionality of the network's first convolution."""
+    conv = next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
+    return 2 if isinstance(conv, nn.Conv2d) else 3
+
+
 def resnet18(spatial_dims: int, in_channels: int = 1, num_classes: int = 2, conv1_t_size: int = 7,
              conv1_t_stride: int = 2, no_max_pool: bool = False, widen_factor: float = 1.0,
              shortcut_type: str = "B", pretrained: str | None = None) -> nn.Module:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from src.models.nets import spatial_dims
+
 VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
     "none": ((0, False),),
     "flip": ((0, False), (0, True)),
@@ -40,8 +42,7 @@ def check_mode(mode: str) -> str:
 def axial_plane(net: nn.Module) -> tuple[int, int]:
     """The input's axial-plane dimensions for ``net``: (-2, -1) for a 2D network (slices and bags of
     slices), (-3, -2) for a 3D one ((x, y, z) volumes)."""
-    conv = next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
-    return (-3, -2) if isinstance(conv, nn.Conv3d) else (-2, -1)
+    return (-3, -2) if spatial_dims(net) == 3 else (-2, -1)
 
 
 def view(x: torch.Tensor, rotations: int, flip: bool, plane: tuple[int, int]) -> torch.Tensor:

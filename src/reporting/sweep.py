@@ -36,16 +36,8 @@ NOT_RECIPE_PREFIXES = ("hydra.", "paths.")
 
 def read_overrides(job_dir: Path) -> list[str]:
     """The job's command-line overrides as Hydra recorded them (``.hydra/overrides.yaml``); [] when absent."""
-    path = job_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    try:
-        import yaml
-
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return [str(v) for v in values] if isinstance(values, list) else []
-    except Exception:  # noqa: BLE001 - an unreadable file must not stop the report
-        return []
+    values = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
+    return [str(v) for v in values] if isinstance(values, list) else []
 
 
 def recipe(overrides: list[str]) -> tuple[str, ...]:
@@ -126,17 +118,21 @@ def _dig(d: dict, dotted: str):
     return cur
 
 
-def _read_config(job_dir: Path) -> dict:
-    cfg_path = job_dir / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
-        return {}
+def _read_yaml(path: Path):
+    """The YAML document at ``path``; None when absent or unreadable (a broken job must not stop the report)."""
+    if not path.is_file():
+        return None
     try:
         import yaml
 
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-        return cfg if isinstance(cfg, dict) else {}
-    except Exception:  # noqa: BLE001 - an unreadable config must not stop the report
-        return {}
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - an unreadable file must not stop the report
+        return None
+
+
+def _read_config(job_dir: Path) -> dict:
+    cfg = _read_yaml(job_dir / ".hydra" / "config.yaml")
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def _norm_phase(v) -> str | None:

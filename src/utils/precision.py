@@ -46,8 +46,8 @@ def check_trainer_precision(trainer, net: nn.Module) -> None:
     computes that network's convolution gradients wrongly."""
     from lightning.pytorch.accelerators import CPUAccelerator
 
-    from src.callbacks.speed import spatial_dims
     from src.errors import InputError
+    from src.models.nets import spatial_dims
 
     if "bf16" not in str(trainer.precision) or not isinstance(trainer.accelerator, CPUAccelerator):
         return
