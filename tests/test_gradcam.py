@@ -276,7 +276,7 @@ def test_summary_means_over_patients_and_their_largest_tumour_slice():
     assert out["test_cam_pointing_largest"] == pytest.approx(1.0)
     assert out["test_cam_in_tumour_largest"] == pytest.approx((0.6 + 0.4) / 2)
     assert out["test_cam_chance_largest"] == pytest.approx((0.30 + 0.10) / 2)
-    assert out["test_cam_n_patients"] == 2 and out["test_cam_n_slices"] == 3
+    assert out["test_cam_n_patients"] == 2 and out["test_cam_n_slices"] == 3 and out["test_cam_n_empty"] == 1
     # by the class each map explains: the slices called high hit, the one called low missed
     assert out["test_cam_pointing_for_high"] == 1.0 and out["test_cam_in_tumour_for_high"] == pytest.approx(0.5)
     assert out["test_cam_pointing_for_low"] == 0.0 and out["test_cam_chance_for_low"] == pytest.approx(0.02)

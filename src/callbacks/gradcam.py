@@ -444,12 +444,15 @@ def summarise(rows: list[dict], prefix: str) -> dict[str, float]:
     per-patient mean), ``{prefix}_cam_*_largest`` (mean over patients of their scored slice with the
     largest tumour share: the slice Figure 6 shows), ``{prefix}_cam_*_for_high`` / ``_for_low`` (the
     same mean over the slices whose map explains that class: with the predicted class explained, the
-    slices called high / low), ``{prefix}_cam_n_patients``, ``{prefix}_cam_n_slices``."""
+    slices called high / low), ``{prefix}_cam_n_patients``, ``{prefix}_cam_n_slices`` (the slices with
+    a map) and ``{prefix}_cam_n_empty`` (the scored slices whose map is all zero, left out of every mean:
+    Grad-CAM found no evidence for the class at the layer)."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
     if df.empty:
         return {}
+    n_empty = int(df["cam_in_tumour"].isna().sum())  # all-zero maps: no evidence for the class at the layer
     df = df.dropna(subset=["cam_in_tumour"])
     keys = [k for k in CAM_KEYS + CEILING_KEYS if k in df]
     per_patient = df.groupby("patient")[keys].mean()
@@ -464,6 +467,7 @@ def summarise(rows: list[dict], prefix: str) -> dict[str, float]:
             out[f"{prefix}_cam_n_slices_for_{name}"] = int(len(part))
     out[f"{prefix}_cam_n_patients"] = int(len(per_patient))
     out[f"{prefix}_cam_n_slices"] = int(len(df))
+    out[f"{prefix}_cam_n_empty"] = n_empty
     return out
 
 
@@ -702,11 +706,13 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
 
             atomic_write_csv(self.output_dir / "test_scores.csv", pd.DataFrame(rows).drop(columns="patient"))
         if metrics:
-            log.info("grad-cam %s: in tumour %.3f, pointing %.3f, chance %.3f (%d patients, %d slices); "
+            log.info("grad-cam %s: in tumour %.3f, pointing %.3f, chance %.3f (%d patients, %d slices, %d all-zero "
+                     "maps left out); "
                      "largest tumour slice: in tumour %.3f, pointing %.3f, chance %.3f; a map of the tumour "
                      "itself at this layer's resolution: in tumour %.3f, pointing %.3f", split,
                      *(metrics[f"{split}_cam_{k}"] for k in ("in_tumour", "pointing", "chance", "n_patients",
-                                                              "n_slices", "in_tumour_largest", "pointing_largest",
+                                                              "n_slices", "n_empty", "in_tumour_largest",
+                                                              "pointing_largest",
                                                               "chance_largest", "in_tumour_ceiling",
                                                               "pointing_ceiling")))
         return metrics, paths
