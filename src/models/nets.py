@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from src.models.layers import fast_max_pools
+from src.models.pooling import set_head_pool
 
 
 def spatial_dims(net: nn.Module) -> int:
@@ -28,15 +29,18 @@ def spatial_dims(net: nn.Module) -> int:
 
 def resnet18(spatial_dims: int, in_channels: int = 1, num_classes: int = 2, conv1_t_size: int = 7,
              conv1_t_stride: int = 2, no_max_pool: bool = False, widen_factor: float = 1.0,
-             shortcut_type: str = "B", pretrained: str | None = None) -> nn.Module:
+             shortcut_type: str = "B", pretrained: str | None = None, head_pool: str = "avg",
+             head_pool_r: float = 1.0) -> nn.Module:
     """MONAI's ResNet-18; ``pretrained``: a local weights file (torchvision 2D or MedicalNet 3D layout,
-    ``src/models/pretrained.py``), the classifier left freshly initialised."""
+    ``src/models/pretrained.py``), the classifier left freshly initialised; ``head_pool``: the global
+    pooling before the classifier (avg | max | lse with sharpness ``head_pool_r``; src/models/pooling.py)."""
     from monai.networks.nets import resnet18 as monai_resnet18
 
     net = monai_resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
                          conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool,
                          widen_factor=widen_factor, shortcut_type=shortcut_type, pretrained=False)
     fast_max_pools(net)
+    set_head_pool(net, head_pool, head_pool_r)
     if pretrained:
         from src.models.pretrained import load_pretrained
 
