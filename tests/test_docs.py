@@ -14,20 +14,20 @@ def _named_folders(text: str) -> set[str]:
 def test_every_results_folder_the_docs_name_exists():
     docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     missing = {f"{d.relative_to(ROOT)}: results/{name}" for d in docs
-               for name in _named_folders(d.read_text()) if not (RESULTS / name).is_dir()}
+               for name in _named_folders(d.read_text(encoding="utf-8")) if not (RESULTS / name).is_dir()}
     assert not missing, sorted(missing)
 
 
 def test_every_sibling_folder_a_results_readme_names_exists():
     """``../NAME`` in a results README is another results folder (``../shared`` is the data outside the repository)."""
     missing = {f"{r.relative_to(ROOT)}: ../{name}" for r in sorted(RESULTS.glob("*/README.md"))
-               for name in re.findall(r"`\.\./([A-Za-z0-9_]+)", r.read_text())
+               for name in re.findall(r"`\.\./([A-Za-z0-9_]+)", r.read_text(encoding="utf-8"))
                if name != "shared" and not (RESULTS / name).is_dir()}
     assert not missing, sorted(missing)
 
 
 def test_the_readme_results_table_names_existing_folders():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## What it reaches", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| cohort")]
     folders = {name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row.rsplit("|", 2)[1])}
