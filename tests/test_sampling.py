@@ -52,3 +52,31 @@ def test_a_last_training_batch_of_one_sample_is_dropped(data_root):
     dm.batch_size = n - 2  # n - 2, then two: kept
     assert [len(b["label"]) for b in dm.train_dataloader()] == [n - 2, 2]
     assert sum(len(b["label"]) for b in dm.val_dataloader()) == len(dm.datasets["val"])
+
+
+def test_min_train_area_leaves_the_tips_out_of_training_only(data_root):
+    """``data.loader.min_train_area``: the training slices are those with at least that share of the patient's
+    largest tumour cross-section; every training patient keeps its largest; validation, test and the
+    final training-set pass keep every lesion slice."""
+    sets = {}
+    for fraction in (0.0, 0.5):
+        dm = compose_datamodule(["supervision=weak", f"data.loader.min_train_area={fraction}"], data_root)
+        dm.prepare_data()
+        dm.setup("fit")
+        sets[fraction] = dm
+    every, kept = sets[0.0], sets[0.5]
+
+    def pairs(dm, name):
+        t = dm.datasets[name].tensors
+        return set(zip(t["patient"].tolist(), t["slice"].tolist()))
+
+    for name in ("val", "train", "test"):
+        assert pairs(every, name) == pairs(kept, name)
+    fit_all, fit_kept = pairs(every, "fit"), pairs(kept, "fit")
+    area = {pz: int(every.slice_mask(*pz).sum()) for pz in fit_all}
+    largest = {}
+    for (p, _), a in area.items():
+        largest[p] = max(largest.get(p, 0), a)
+    expected = {pz for pz, a in area.items() if a >= 0.5 * largest[pz[0]]}
+    assert fit_kept == expected and len(fit_kept) < len(fit_all)
+    assert {p for p, _ in fit_kept} == {p for p, _ in fit_all}  # no training patient is lost

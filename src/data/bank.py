@@ -186,11 +186,18 @@ class BagDataset(_BatchedDataset):
         return {"image": [it["image"] for it in items], **{k: torch.stack([it[k] for it in items]) for k in self.meta}}
 
 
-def case_views(arrays: dict, split: str, supervision: str, train_angles=None):
+def slice_areas(packed_masks: np.ndarray) -> np.ndarray:
+    """Tumour pixels of each cached lesion slice (masks packed along their last axis)."""
+    return np.unpackbits(np.asarray(packed_masks), axis=-1).reshape(len(packed_masks), -1).sum(1)
+
+
+def case_views(arrays: dict, split: str, supervision: str, train_angles=None, min_train_area: float = 0.0):
     """(target set, (rows of the case's image array, slice indices)) for one patient of ``split``.
 
     Strong: ``train_angles`` picks the training views among the cached angles (None: every rotation,
-    the unrotated view excluded). Weak: all lesion slices, each with its axial index."""
+    the unrotated view excluded). Weak: all lesion slices, each with its axial index; the training
+    views (``fit``) only those whose tumour area is at least ``min_train_area`` x the patient's largest
+    (0: every lesion slice, the paper)."""
     if supervision == "strong":
         angles = [float(a) for a in arrays["angles"]]
         train_angles = [float(a) for a in (train_angles if train_angles is not None else
@@ -208,7 +215,12 @@ def case_views(arrays: dict, split: str, supervision: str, train_angles=None):
         local = np.arange(len(z))
         if split in ("train", "val"):
             yield "train", (local, z)
-        yield {"train": "fit", "val": "val", "test": "test"}[split], (local, z)
+        if split == "train" and min_train_area > 0:
+            areas = slice_areas(arrays["masks"])
+            keep = areas >= min_train_area * areas.max()
+            yield "fit", (local[keep], z[torch.from_numpy(keep)])
+        else:
+            yield {"train": "fit", "val": "val", "test": "test"}[split], (local, z)
 
 
 def make_dataset(bank: RowBank, rows: list) -> BankDataset:
@@ -231,16 +243,18 @@ def make_bags(bank: RowBank, rows: list) -> BagDataset:
 
 
 def build_datasets(case_arrays: list[dict], labels: list[int], splits: list[str], supervision: str,
-                   train_angles=None) -> tuple[RowBank, dict[str, BankDataset], dict[tuple[int, int], np.ndarray]]:
+                   train_angles=None, min_train_area: float = 0.0
+                   ) -> tuple[RowBank, dict[str, BankDataset], dict[tuple[int, int], np.ndarray]]:
     """(bank, datasets by set name, packed lesion-slice masks by (patient index, slice index)) for the
     cases' arrays (in patient-index order) with their labels and splits ('train', 'val', 'test').
-    ``mil``: the weak model's slices, one :class:`BagDataset` bag per patient."""
+    ``mil``: the weak model's slices, one :class:`BagDataset` bag per patient. ``min_train_area``: see
+    :func:`case_views`."""
     bags = supervision == "mil"
     supervision = "weak" if bags else supervision
     rows: dict[str, list] = {s: [] for s in ("fit", "val", "train", "test")}
     parts, offset, slice_masks = [], 0, {}
     for idx, (arrays, label, split) in enumerate(zip(case_arrays, labels, splits)):
-        for target, (local, z) in case_views(arrays, split, supervision, train_angles):
+        for target, (local, z) in case_views(arrays, split, supervision, train_angles, min_train_area):
             rows[target].append((idx, label, offset + local, z))
         image = arrays["rois" if supervision == "strong" else "slices"]
         parts.append(image)

@@ -127,7 +127,7 @@ class GradeDataModule(L.LightningDataModule):
                 raise InputError(f"the {name} set is empty", path=str(manifest))
         self.bank, self.datasets, self.slice_masks = build_datasets(
             [self.cache.load(c) for c in cases], [c.label for c in cases], [self.splits[p] for p in self.patient_ids],
-            self.supervision, self.pp.get("train_angles"))
+            self.supervision, self.pp.get("train_angles"), float(self.loader_cfg.get("min_train_area", 0.0)))
         if self.pp["intensity"] == "zscore_dataset":
             mean, sd = self.bank.moments(self.datasets["fit"].rows)
             if not sd > 0:
