@@ -323,6 +323,14 @@ def _markdown(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.Dat
             summary[cols[-1]] = [f"{fmt(m)} +- {fmt(s)}" for m, s in
                                  zip(means["test_auc_of_oracle"], sds["test_auc_of_oracle"])]
             note = " `AUC / oracle`: each job's AUC over the oracle of its own testing patients."
+        ens = sd[sd["seed"] == "ensemble"]
+        if len(ens):  # jobs of a setting that tested the same patients of one cohort
+            found = {(r.supervision, r.phase, r.setting): r.test_auc for r in ens.itertuples()}
+            cols.append("ensemble test AUC")
+            summary[cols[-1]] = [fmt(found[k]) if k in found else "" for k in
+                                 zip(means["supervision"], means["phase"], means["setting"])]
+            note += (" `ensemble`: the mean P(high) of the jobs that tested the same patients of one cohort (seeds "
+                     "on one split), as `src.predict ckpt_path=[...]` averages them.")
         n_cohorts = len(sweep.cohort_keys)
         if n_cohorts > 1:
             note += (f" The jobs span {n_cohorts} cohorts (on the synthetic cohort each `seed` draws another): "

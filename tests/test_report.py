@@ -393,3 +393,42 @@ def test_folds_of_other_cohorts_pool_their_patients_apart(tmp_path):
     tests = pd.concat([c[c["split"] == "test"] for c in cohorts])
     assert row["cohorts"] == 2 and row["n"] == 2 * N_TEST
     assert row["oracle_auc"] == pytest.approx(auc_ci((tests["grade"] >= 3).astype(int), tests["oracle_CMP"]).auc)
+
+
+def test_seeds_on_one_split_get_an_ensemble_row_and_other_cohorts_do_not(tmp_path):
+    """Three seeds that tested the same patients of one cohort: an ``ensemble`` row whose AUC is that of
+    their mean P(high) per patient, in seeds.csv and report.md; jobs of two cohorts under the same ids
+    (the synthetic cohort's seeds) get none."""
+    root = tmp_path / "one_split"
+    root.mkdir()
+    rng = np.random.default_rng(11)
+    cohort = None
+    for n in range(3):
+        d = _make_job(root, n, "CMP", "weak")
+        if cohort is None:
+            cohort = _cohort(d, rng)
+        cohort.to_csv(d / "cohort.csv", index=False)
+        p = _pred(root, d.name)
+        p["prob_high"] = (0.25 * p["label"] + rng.uniform(0, 0.75, len(p))).round(4)  # a weak model per seed
+        p["pred"] = (p["prob_high"] > 0.5).astype(int)
+        p.to_csv(d / "predictions" / "test.csv", index=False)
+        (d / "metrics.json").write_text(json.dumps({"phase": "CMP", "supervision": "weak", "seed": n,
+                                                     "test_auc": auc_ci(p["label"], p["prob_high"]).auc}))
+    md = write_report(root).read_text(encoding="utf-8")
+    sd = pd.read_csv(root / "report" / "seeds.csv", dtype={"seed": str}).set_index("seed")
+    preds = [_pred(root, f"{n}_CMP_weak") for n in range(3)]
+    mean = sum(p["prob_high"] for p in preds) / 3
+    expected = auc_ci(preds[0]["label"], mean).auc
+    members = [auc_ci(p["label"], p["prob_high"]).auc for p in preds]
+    assert sd.loc["ensemble", "test_auc"] == pytest.approx(expected) and expected not in members
+    acc = float(((mean > 0.5).astype(int) == preds[0]["label"]).mean())
+    assert sd.loc["ensemble", "test_accuracy"] == pytest.approx(acc)
+    t = cohort[cohort["split"] == "test"]
+    oracle = auc_ci((t["grade"] >= 3).astype(int), t["oracle_CMP"]).auc
+    assert sd.loc["ensemble", "test_auc_of_oracle"] == pytest.approx(expected / oracle)
+    assert "ensemble test AUC" in md and f"| {expected:.3f} |" in md
+
+    root, _ = _two_cohort_jobs(tmp_path / "two_cohorts", rng_seed=5)
+    write_report(root)
+    sd = pd.read_csv(root / "report" / "seeds.csv", dtype={"seed": str})
+    assert "ensemble" not in set(sd["seed"]) and "mean" in set(sd["seed"])

@@ -329,6 +329,23 @@ def _setting_labels(jobs) -> dict[tuple[str, ...], str]:
     return {r: " ".join(o for o in r if o not in common) or "default" for r in recipes}
 
 
+def ensemble_predictions(jobs) -> pd.DataFrame | None:
+    """The testing patients of ``jobs`` with their ``prob_high`` averaged (the ensemble ``src.predict``
+    makes of several checkpoints), or None unless there are two or more jobs that saw one cohort
+    (:attr:`Job.cohort_key`, known) and tested the same patients with the same labels: seeds trained on
+    one split, not folds or other cohorts."""
+    tables = [j.patients.get("test") for j in jobs]
+    keys = {j.cohort_key for j in jobs}
+    if len(jobs) < 2 or None in keys or len(keys) > 1 or any(t is None or not len(t) for t in tables):
+        return None
+    tables = [t.assign(patient_id=t["patient_id"].astype(str)).set_index("patient_id").sort_index() for t in tables]
+    first = tables[0]
+    if any(not (t.index.equals(first.index) and t["label"].equals(first["label"])) for t in tables[1:]):
+        return None
+    mean = sum(t["prob_high"].astype(float) for t in tables) / len(tables)
+    return pd.DataFrame({"patient_id": first.index, "label": first["label"].to_numpy(), "prob_high": mean.to_numpy()})
+
+
 def seeds_table(sweep: Sweep) -> pd.DataFrame:
     """Every ok job's test metrics with its seed and fold (k-fold: the fold; site: the tested site; holdout:
     empty) from ``metrics.json``, and per model (phase x supervision) and setting the mean and the sample SD
@@ -338,7 +355,9 @@ def seeds_table(sweep: Sweep) -> pd.DataFrame:
     empty when a model's jobs share one recipe. Models with a single job get their row and a mean (SD NaN).
     ``test_oracle_auc``: the planted signal's AUC on the job's testing patients, from the job's own cohort
     (on the synthetic cohort each seed is another cohort), and ``test_auc_of_oracle`` the job's AUC as a
-    fraction of it (NaN without oracle columns)."""
+    fraction of it (NaN without oracle columns). Where a setting's jobs tested the same patients of one
+    cohort (seeds on one split, :func:`ensemble_predictions`), a row ``ensemble``: their mean
+    ``prob_high`` per patient, its AUC, and accuracy, sensitivity and specificity at P(high) > 0.5."""
     by_model: dict[tuple[str, str], list] = {}
     for job in sweep.jobs:
         if job.status == "ok" and job.phase and job.supervision:
@@ -359,6 +378,15 @@ def seeds_table(sweep: Sweep) -> pd.DataFrame:
             for stat, v in (("mean", values.mean()), ("sd", values.std(ddof=1))):  # one job: SD NaN
                 rows.append({"supervision": sup, "phase": phase, "setting": setting, "seed": stat, "fold": "",
                              "job": f"{len(per)} job(s)", **v.to_dict()})
+            ens = ensemble_predictions(jobs)
+            if ens is not None:
+                m = _perf(ens, "", use_pred=False)
+                oracle = oracle_perf(sweep.cohort_of(jobs[0]), phase, "test")
+                rows.append({"supervision": sup, "phase": phase, "setting": setting, "seed": "ensemble", "fold": "",
+                             "job": f"mean P(high) of {len(jobs)} job(s)",
+                             **{f"test_{k}": m[k] for k in ("auc", "accuracy", "sensitivity", "specificity")},
+                             "train_auc": NAN, "test_oracle_auc": oracle["auc"] if oracle else NAN,
+                             "test_auc_of_oracle": of_oracle(m["auc"], oracle)})
     return pd.DataFrame(rows, columns=["supervision", "phase", "setting", "seed", "fold", "job", *SEED_METRICS])
 
 
