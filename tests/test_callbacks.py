@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from src.callbacks.finite_loss import FiniteLossCheck
-from src.callbacks.speed import NetworkSpeed, spatial_dims
-from src.models.nets import resnet18
+from src.callbacks.speed import NetworkSpeed
+from src.models.nets import resnet18, spatial_dims
 
 
 def _trainer(n_batches: int = 100, epoch: int = 0):

@@ -105,7 +105,7 @@ def memory_format(cfg, net):
     """The memory format ``callbacks.speed`` gives ``net`` (None: the default layout)."""
     from hydra.utils import instantiate
 
-    from src.callbacks.speed import LAYOUTS
+    from src.models.layers import LAYOUTS
     from src.models.nets import spatial_dims
 
     speed = (cfg.get("callbacks") or {}).get("speed")

@@ -7,11 +7,9 @@ property of the tensors, restored to the default by nothing else).
 from __future__ import annotations
 
 import lightning as L
-import torch
 
+from src.models.layers import LAYOUTS
 from src.models.nets import spatial_dims
-
-LAYOUTS = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 
 class NetworkSpeed(L.Callback):

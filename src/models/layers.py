@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 _POOL = {2: F.max_pool2d, 3: F.max_pool3d}
 _BACKWARD = {2: torch.ops.aten.max_pool2d_with_indices_backward, 3: torch.ops.aten.max_pool3d_with_indices_backward}
-_LAYOUT = {2: torch.channels_last, 3: torch.channels_last_3d}
+LAYOUTS = {2: torch.channels_last, 3: torch.channels_last_3d}  # channels-last memory format by spatial dims
 
 
 def _tuple(value, dims: int) -> list[int]:
@@ -28,7 +28,7 @@ def _tuple(value, dims: int) -> list[int]:
 class _ChannelsLastMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dims, kernel, stride, padding, dilation, ceil_mode):
-        y, indices = _POOL[dims](x.contiguous(memory_format=_LAYOUT[dims]), kernel, stride, padding, dilation,
+        y, indices = _POOL[dims](x.contiguous(memory_format=LAYOUTS[dims]), kernel, stride, padding, dilation,
                                  ceil_mode=ceil_mode, return_indices=True)
         indices = indices.contiguous()
         ctx.save_for_backward(x, indices)
@@ -64,7 +64,7 @@ class ChannelsLastMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = (self.kernel_size, self.stride, self.padding, self.dilation)
-        layout = _LAYOUT[self.dims]
+        layout = LAYOUTS[self.dims]
         if (x.device.type != "cpu" or x.dim() != self.dims + 2 or x.is_contiguous(memory_format=layout)
                 or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
             return _POOL[self.dims](x, *args, ceil_mode=self.ceil_mode)
