@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from src.callbacks.gradcam import display, hu_window
+    from src.cam.figures import display, hu_window
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("manifest", type=Path)

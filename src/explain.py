@@ -94,7 +94,7 @@ def explain(opts: DictConfig) -> list[Path]:
     import torch
     from hydra.utils import instantiate
 
-    from src.callbacks.gradcam import gradcam_figure, hu_window
+    from src.cam.figures import gradcam_figure, hu_window
     from src.errors import InputError
 
     job, cfg = job_config(opts.ckpt_path)

@@ -21,8 +21,8 @@ written is ``patient_id`` (default ``patient``): never DICOM header fields, nor 
 Checkpoints are loaded with ``torch.load(weights_only=True)``; the ``net.``-prefixed entries of the
 Lightning ``state_dict`` are loaded into the network built from the job config.
 
-``gradcam=true``: hook for Grad-CAM overlays; calls ``src.callbacks.gradcam.gradcam_figure`` when
-that module provides it (PNG next to the JSON), else stops with a clear error.
+``gradcam=true``: a Grad-CAM overlay of the high grade (``src.cam.figures.gradcam_figure``), PNG next to
+the JSON.
 """
 from __future__ import annotations
 
@@ -220,16 +220,11 @@ def _jsonable(obj):
 
 
 def gradcam_hook(net, settings: dict, result: dict, out_dir: Path, patient_id: str) -> str:
-    """Grad-CAM overlay via ``src.callbacks.gradcam`` (another module's job); returns the PNG path."""
-    from src.errors import InputError
+    """Grad-CAM overlay (``src.cam.figures.gradcam_figure``) of the input the model saw, for the high grade;
+    returns the PNG path."""
+    from src.cam import figures
 
-    try:
-        from src.callbacks import gradcam
-    except ImportError:
-        gradcam = None
-    fn = getattr(gradcam, "gradcam_figure", None)
-    if fn is None:
-        raise InputError("gradcam=true, but Grad-CAM is not available in this version (src.callbacks.gradcam)")
+    fn = figures.gradcam_figure
     out = out_dir / f"{patient_id}_gradcam.png"
     meta = {"patient_id": patient_id, "supervision": settings["supervision"], "phase": settings["phase"]}
     if settings["supervision"] == "strong":

@@ -41,7 +41,7 @@ def test_a_fourth_phase_is_one_config_file_and_its_column(cohort, tmp_path):
 def test_another_monai_network_is_one_config_file(tmp_path):
     """model=densenet121_2d: MONAI's DenseNet-121 trains as the weak model, and Grad-CAM explains the layer
     its config names."""
-    from src.callbacks.gradcam import grad_cam
+    from src.cam.maps import grad_cam
 
     cfg = compose_cfg(["supervision=weak", "model=densenet121_2d"], tmp_path / "job", tmp_path)
     assert cfg.model.net._target_ == "monai.networks.nets.DenseNet121"

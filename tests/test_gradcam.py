@@ -9,23 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from src.callbacks.gradcam import (
-    CellGrid,
-    cam_in_tumour,
-    ceiling_map,
-    cell_grid,
-    chance_level,
-    feature_upsampler,
-    grad_cam,
-    gradcam_figure,
-    localisation,
-    minmax,
-    pick_patients,
-    pointing_hit,
-    resolve_layer,
-    spread,
-    summarise,
-)
+from src.callbacks.gradcam import pick_patients, spread
+from src.cam.figures import gradcam_figure
+from src.cam.maps import CellGrid, cell_grid, feature_upsampler, grad_cam, minmax, resolve_layer
+from src.cam.scores import cam_in_tumour, ceiling_map, chance_level, localisation, pointing_hit, summarise
 
 SQUARE = (slice(36, 52), slice(8, 24))  # rows, columns of the bright square in a 64^2 image
 

@@ -101,7 +101,7 @@ def test_bag_grad_cam_is_grad_cam_of_the_patient_logit_slice_by_slice():
     permuted bag: the same maps, permuted (each map is its own slice's)."""
     from monai.visualize import GradCAM
 
-    from src.callbacks.gradcam import bag_grad_cam, feature_upsampler, minmax
+    from src.cam.maps import bag_grad_cam, feature_upsampler, minmax
 
     torch.manual_seed(0)
     net = mil_resnet18(widen_factor=0.25).eval()

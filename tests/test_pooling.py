@@ -83,7 +83,7 @@ def test_composed_weak_network_pools_its_last_map(tmp_path, mode):
 
 def test_grad_cam_explains_a_max_pooled_network():
     """Grad-CAM's layer grid and maps work unchanged on a network whose head pools by the maximum."""
-    from src.callbacks.gradcam import cell_grid, grad_cam
+    from src.cam.maps import cell_grid, grad_cam
     from src.models.nets import resnet18
 
     torch.manual_seed(0)

@@ -144,7 +144,7 @@ def test_bad_inputs_are_one_line_errors(strong_job, cohort, tmp_path):
 
 
 def test_gradcam_hook_calls_the_gradcam_module(strong_job, cohort, tmp_path, monkeypatch):
-    import src.callbacks.gradcam as gradcam
+    import src.cam.figures as gradcam
 
     calls = []
 
@@ -152,7 +152,7 @@ def test_gradcam_hook_calls_the_gradcam_module(strong_job, cohort, tmp_path, mon
         calls.append((tuple(image_tensor.shape), spatial_dims, Path(out_path).name))
         return {"path": str(out_path)}
 
-    monkeypatch.setattr(gradcam, "gradcam_figure", fake, raising=False)
+    monkeypatch.setattr(gradcam, "gradcam_figure", fake)
     out = predict(strong_job, cohort / "images" / "SYN0001_CMP.nii.gz", cohort / "masks" / "SYN0001_mask.nii.gz",
                   patient_id="G1", output_dir=tmp_path, gradcam=True)
     assert calls == [((1, 16, 16, 16), 3, "G1_gradcam.png")] and out["gradcam"].endswith("G1_gradcam.png")

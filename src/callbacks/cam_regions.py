@@ -33,7 +33,7 @@ def uses_cam(aggregation: Mapping) -> bool:
 
 def cam_masks(net: torch.nn.Module, images: torch.Tensor, target_layer: str, threshold: float) -> np.ndarray:
     """Boolean (N, H, W): each image's Grad-CAM map (predicted class) above ``threshold``."""
-    from src.callbacks.gradcam import grad_cam
+    from src.cam.maps import grad_cam
 
     maps, _ = grad_cam(net, images, None, target_layer=target_layer)
     return maps > float(threshold)

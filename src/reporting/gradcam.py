@@ -6,7 +6,7 @@ the tumour), ``test_cam_pointing`` (share of slices whose heat-map maximum is in
 ``test_cam_{in_tumour,pointing}_ceiling`` (both scores of the tumour itself on the explained layer's
 grid: the best the layer allows); the
 job's ``gradcam/`` folder holds Figure-6 PNGs (CT | heat map | tumour location) written by
-``src.callbacks.gradcam``.
+``src.callbacks.gradcam`` (drawn by ``src.cam.figures``).
 """
 from __future__ import annotations
 

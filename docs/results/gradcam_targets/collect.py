@@ -1,7 +1,7 @@
 """Collect the Grad-CAM scorings of this folder's README into scores.csv: for each scoring (a
 ``test_scores.csv`` written by a job's test pass or by ``python -m src.explain ... score=true``), the
 localisation summary over all test patients, as the callback writes it to metrics.json
-(src.callbacks.gradcam.summarise: all slices, each patient's largest tumour slice, the slices whose
+(src.cam.scores.summarise: all slices, each patient's largest tumour slice, the slices whose
 map explains the high and the low class, and the ceiling where the scoring has it).
 
     python docs/results/gradcam_targets/collect.py OUT.csv LABEL=PATH/test_scores.csv [...]
@@ -10,7 +10,7 @@ import sys
 
 import pandas as pd
 
-from src.callbacks.gradcam import summarise
+from src.cam.scores import summarise
 
 rows = []
 for arg in sys.argv[2:]:

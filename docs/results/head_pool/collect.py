@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.callbacks.gradcam import summarise
+from src.cam.scores import summarise
 from src.reporting.tables import oracle_perf
 
 rows = []

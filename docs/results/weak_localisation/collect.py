@@ -1,6 +1,6 @@
 """Collect the weak CMP runs of this folder's README into runs.csv: test AUC, the oracle's AUC on the
 same test patients, and the Grad-CAM scores over all scored slices and over each patient's largest
-tumour slice (recomputed from gradcam/test_scores.csv with src.callbacks.gradcam.summarise; a job
+tumour slice (recomputed from gradcam/test_scores.csv with src.cam.scores.summarise; a job
 without that file, a strong one, gets the AUC columns only).
 
     python docs/results/weak_localisation/collect.py OUT.csv JOB [JOB ...]
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.callbacks.gradcam import summarise
+from src.cam.scores import summarise
 from src.reporting.tables import oracle_perf
 
 rows = []
