@@ -46,6 +46,8 @@ def test_bad_settings_are_refused():
         GlobalPool("mean")
     with pytest.raises(ValueError, match="r > 0"):
         GlobalPool("lse", 0.0)
+    with pytest.raises(ValueError, match="head_pool_r"):  # no sharpness given: its value is the config's
+        GlobalPool("lse")
     with pytest.raises(ValueError, match="no global pooling"):
         set_head_pool(nn.Sequential(nn.Conv2d(1, 1, 3)), "max")
 

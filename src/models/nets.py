@@ -30,7 +30,7 @@ def spatial_dims(net: nn.Module) -> int:
 def resnet18(spatial_dims: int, in_channels: int = 1, num_classes: int = 2, conv1_t_size: int = 7,
              conv1_t_stride: int = 2, no_max_pool: bool = False, widen_factor: float = 1.0,
              shortcut_type: str = "B", pretrained: str | None = None, head_pool: str = "avg",
-             head_pool_r: float = 1.0) -> nn.Module:
+             head_pool_r: float | None = None) -> nn.Module:
     """MONAI's ResNet-18; ``pretrained``: a local weights file (torchvision 2D or MedicalNet 3D layout,
     ``src/models/pretrained.py``), the classifier left freshly initialised; ``head_pool``: the global
     pooling before the classifier (avg | max | lse with sharpness ``head_pool_r``; src/models/pooling.py)."""

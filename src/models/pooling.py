@@ -19,15 +19,16 @@ MODES = ("avg", "max", "lse")
 
 
 class GlobalPool(nn.Module):
-    """(B, C, *spatial) -> (B, C, 1, ...): the map pooled to one value per channel by ``mode``."""
+    """(B, C, *spatial) -> (B, C, 1, ...): the map pooled to one value per channel by ``mode``; ``r``: the
+    sharpness of ``lse`` (its value lives in the model configs, ``model.net.head_pool_r``), unused otherwise."""
 
-    def __init__(self, mode: str = "avg", r: float = 1.0):
+    def __init__(self, mode: str = "avg", r: float | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"head pooling must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "lse" and not r > 0:
-            raise ValueError(f"log-sum-exp pooling needs a sharpness r > 0, got {r}")
-        self.mode, self.r = mode, float(r)
+        if mode == "lse" and not (r is not None and r > 0):
+            raise ValueError(f"log-sum-exp pooling needs a sharpness r > 0 (model.net.head_pool_r), got {r}")
+        self.mode, self.r = mode, None if r is None else float(r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.flatten(2)
@@ -44,7 +45,7 @@ class GlobalPool(nn.Module):
         return f"mode={self.mode}" + (f", r={self.r}" if self.mode == "lse" else "")
 
 
-def set_head_pool(net: nn.Module, mode: str, r: float = 1.0) -> nn.Module:
+def set_head_pool(net: nn.Module, mode: str, r: float | None = None) -> nn.Module:
     """Replace the global pooling of a MONAI ResNet (``net.avgpool``) by ``GlobalPool(mode, r)``, in place;
     ``avg`` keeps MONAI's module (the checkpoints and numbers of the paper's network)."""
     if mode != "avg":
