@@ -241,6 +241,11 @@ class GradeDataModule(L.LightningDataModule):
         flat = self.augment(flat, step=step, rank=rank, masks=masks)
         return {**batch, "image": flat.reshape(images.shape)}
 
+    @property
+    def train_batch_size(self) -> int:
+        """Samples per training batch in one process (mil: bags)."""
+        return self._batch(True)
+
     def _batch(self, train: bool) -> int:
         if self.supervision == "mil":  # evaluation: one bag at a time, so a patient's prediction is its bag's
             return int(self.loader_cfg["bags_per_batch"]) if train else 1  # alone (a batch repeats short bags)

@@ -10,6 +10,8 @@ Speed settings (memory layout, compile) and the non-finite-loss check are callba
 """
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 import torch.nn as nn
@@ -17,7 +19,10 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
+from src.models.lr_scaling import check_rule, global_batch, scaled_lr
 from src.models.tta import check_mode, tta_logits
+
+log = logging.getLogger(__name__)
 
 
 def _metrics(prefix: str) -> MetricCollection:
@@ -31,14 +36,20 @@ def _metrics(prefix: str) -> MetricCollection:
 
 class GradeModule(L.LightningModule):
     def __init__(self, net: nn.Module, optimizer, scheduler=None, label_smoothing: float = 0.0,
-                 cam_layer: str | None = None, val_metrics_prefix: str = "val_", tta: str = "none"):
+                 cam_layer: str | None = None, val_metrics_prefix: str = "val_", tta: str = "none",
+                 lr_scaling: dict | None = None):
         """``cam_layer``: the network's layer Grad-CAM explains (recorded in the hyper-parameters);
         ``val_metrics_prefix``: the name of the per-sample validation metrics (``val_``: the samples are the
         patients; weak: ``val_slice_``, the patient-level ``val_*`` come from ``PatientValidation``);
         ``tta``: test-time augmentation of the test predictions (``src/models/tta.py``; training and
-        validation, hence checkpoint selection, see the input alone)."""
+        validation, hence checkpoint selection, see the input alone); ``lr_scaling``: ``{rule,
+        reference_batch_size}``, the optimiser's rate for the job's global batch (``src/models/lr_scaling.py``;
+        None: the configured rate as it is)."""
         super().__init__()
         check_mode(tta)
+        if lr_scaling is not None:  # plain types: checkpoints load with weights_only=True
+            lr_scaling = {"rule": check_rule(str(lr_scaling["rule"])),
+                          "reference_batch_size": int(lr_scaling["reference_batch_size"])}
         # the network and the optimizer factories are objects: the run's Hydra config records them
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
@@ -91,8 +102,20 @@ class GradeModule(L.LightningModule):
                 "label": batch["label"].detach().cpu(), "prob": logits.detach().float().softmax(-1).cpu()}
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameters(), **self._scaled_lr())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _scaled_lr(self) -> dict:
+        """``{"lr": ...}`` for the global training batch under ``lr_scaling``, or ``{}`` (the configured rate)."""
+        cfg = self.hparams.get("lr_scaling")
+        if not cfg or cfg["rule"] == "none":
+            return {}
+        trainer, base = self.trainer, self.optimizer_factory.keywords["lr"]
+        batch = global_batch(trainer.datamodule.train_batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+        lr = scaled_lr(base, batch, cfg["reference_batch_size"], cfg["rule"])
+        log.info("learning rate %.4g: %.4g for %d samples per step, %s-scaled to %d", lr, base,
+                 int(cfg["reference_batch_size"]), cfg["rule"], batch)
+        return {"lr": lr}
