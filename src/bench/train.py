@@ -93,12 +93,18 @@ def collect_syncs(sites: list[str]):
             pass
 
 
-def make_optimizer(cfg, params):
+def make_optimizer(cfg, params, batch: int | None = None):
     """The job's optimiser over ``params``: ``instantiate(cfg.optimizer)``, exactly what ``GradeModule``
-    builds (``optimizer.fused`` follows the trainer's accelerator)."""
+    builds in one process (``optimizer.fused`` follows the trainer's accelerator; the rate scaled by
+    ``lr_scaling`` for ``batch`` samples per step, default ``data.loader.batch_size``)."""
     from hydra.utils import instantiate
 
-    return instantiate(cfg.optimizer)(params=params)
+    from src.models.lr_scaling import scaled_lr
+
+    scaling = cfg.get("lr_scaling") or {"rule": "none", "reference_batch_size": 1}
+    batch = int(cfg.data.loader.batch_size) if batch is None else int(batch)
+    lr = scaled_lr(cfg.optimizer.lr, batch, scaling["reference_batch_size"], scaling["rule"])
+    return instantiate(cfg.optimizer)(params=params, lr=lr)
 
 
 def memory_format(cfg, net):
@@ -136,7 +142,7 @@ def bare_run(cfg, dm, device, warmup: int, steps: int, losses: list | None = Non
     speed = (cfg.get("callbacks") or {}).get("speed")
     if speed is not None and speed.get("compile"):
         net.compile(mode=speed.get("compile_mode"))
-    opt = make_optimizer(cfg, net.parameters())
+    opt = make_optimizer(cfg, net.parameters(), dm.train_batch_size)
     # the module's schedule, stepped at the end of each epoch as GradeModule.configure_optimizers asks
     scheduler = instantiate(cfg.model.scheduler)(optimizer=opt) if cfg.model.get("scheduler") is not None else None
     bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16")
