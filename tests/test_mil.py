@@ -52,6 +52,19 @@ def test_mil_model_is_invariant_to_slice_order_and_counts_every_slice():
     assert not torch.allclose(a, c)
 
 
+def test_mean_mode_is_the_mean_of_each_slices_own_logits():
+    """``mil_mode=mean``: the bag's logits are the mean of the logits each slice gets alone (the weak model's
+    mean over slices, in logit space, trained on the patient's label); attention weighs the slices instead."""
+    torch.manual_seed(0)
+    bag = torch.randn(1, 5, 1, 32, 32)
+    for mode, equal in (("mean", True), ("att", False)):
+        net = mil_resnet18(widen_factor=0.25, mil_mode=mode).eval()
+        with torch.no_grad():
+            alone = torch.cat([net(bag[:, i:i + 1]) for i in range(5)])
+            together = net(bag)[0]
+        assert torch.allclose(together, alone.mean(0), atol=1e-5) == equal
+
+
 def test_predict_on_a_mil_job_is_the_bag_prediction(tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
