@@ -28,6 +28,16 @@ def test_bad_settings_are_refused():
         scaled_lr(1e-3, 16, 0, "linear")
 
 
+def test_a_rate_to_scale_is_required(cfg_factory):
+    from omegaconf import open_dict
+
+    cfg = cfg_factory("supervision=strong", "lr_scaling.rule=linear")
+    with open_dict(cfg):
+        del cfg.optimizer.lr  # the optimiser's own default: nothing configured to scale
+    with pytest.raises(ValueError, match="optimizer.lr"):
+        _module(cfg).configure_optimizers()
+
+
 def _module(cfg, world_size=1, accumulate=1):
     """The composed job's LightningModule under a stand-in trainer with that many processes."""
     from hydra.utils import instantiate

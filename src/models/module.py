@@ -113,7 +113,9 @@ class GradeModule(L.LightningModule):
         cfg = self.hparams.get("lr_scaling")
         if not cfg or cfg["rule"] == "none":
             return {}
-        trainer, base = self.trainer, self.optimizer_factory.keywords["lr"]
+        trainer, base = self.trainer, getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        if base is None:
+            raise ValueError("lr_scaling scales optimizer.lr, which this job's optimizer config does not set")
         batch = global_batch(trainer.datamodule.train_batch_size, trainer.world_size, trainer.accumulate_grad_batches)
         lr = scaled_lr(base, batch, cfg["reference_batch_size"], cfg["rule"])
         log.info("learning rate %.4g: %.4g for %d samples per step, %s-scaled to %d", lr, base,
