@@ -99,12 +99,11 @@ def make_optimizer(cfg, params, batch: int | None = None):
     ``lr_scaling`` for ``batch`` samples per step, default ``data.loader.batch_size``)."""
     from hydra.utils import instantiate
 
-    from src.models.lr_scaling import scaled_lr
+    from src.models.lr_scaling import lr_override
 
-    scaling = cfg.get("lr_scaling") or {"rule": "none", "reference_batch_size": 1}
-    batch = int(cfg.data.loader.batch_size) if batch is None else int(batch)
-    lr = scaled_lr(cfg.optimizer.lr, batch, scaling["reference_batch_size"], scaling["rule"])
-    return instantiate(cfg.optimizer)(params=params, lr=lr)
+    factory = instantiate(cfg.optimizer)
+    n = int(cfg.data.loader.batch_size) if batch is None else int(batch)
+    return factory(params=params, **lr_override(cfg.get("lr_scaling"), factory.keywords.get("lr"), lambda: n))
 
 
 def memory_format(cfg, net):

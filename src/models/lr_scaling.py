@@ -8,7 +8,11 @@ it by the ratio of the batch sizes: ``linear`` (Goyal et al. 2017, "Accurate, la
 """
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable, Mapping
+
+log = logging.getLogger(__name__)
 
 RULES = ("none", "linear", "sqrt")
 
@@ -31,3 +35,18 @@ def scaled_lr(lr: float, batch: int, reference_batch: int, rule: str) -> float:
         raise ValueError(f"batch sizes must be >= 1, got {batch} and reference {reference_batch}")
     ratio = int(batch) / int(reference_batch)
     return float(lr) * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+def lr_override(scaling: Mapping | None, base_lr: float | None, batch: Callable[[], int]) -> dict:
+    """The optimiser's keyword arguments for ``scaling`` (``{rule, reference_batch_size}``): ``{}`` when it is
+    None or ``none`` (the configured rate, whatever it is), else ``{"lr": ...}``, ``base_lr`` scaled for the
+    ``batch()`` samples per step (called only then: it may need a trainer). Logs the rate it gives."""
+    if not scaling or scaling["rule"] == "none":
+        return {}
+    if base_lr is None:
+        raise ValueError("lr_scaling scales optimizer.lr, which this job's optimizer config does not set")
+    n = batch()
+    lr = scaled_lr(base_lr, n, scaling["reference_batch_size"], scaling["rule"])
+    log.info("learning rate %.4g: %.4g for %d samples per step, %s-scaled to %d", lr, base_lr,
+             int(scaling["reference_batch_size"]), scaling["rule"], n)
+    return {"lr": lr}

@@ -10,8 +10,6 @@ Speed settings (memory layout, compile) and the non-finite-loss check are callba
 """
 from __future__ import annotations
 
-import logging
-
 import lightning as L
 import torch
 import torch.nn as nn
@@ -19,10 +17,8 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
-from src.models.lr_scaling import check_rule, global_batch, scaled_lr
+from src.models.lr_scaling import check_rule, global_batch, lr_override
 from src.models.tta import check_mode, tta_logits
-
-log = logging.getLogger(__name__)
 
 
 def _metrics(prefix: str) -> MetricCollection:
@@ -110,14 +106,9 @@ class GradeModule(L.LightningModule):
 
     def _scaled_lr(self) -> dict:
         """``{"lr": ...}`` for the global training batch under ``lr_scaling``, or ``{}`` (the configured rate)."""
-        cfg = self.hparams.get("lr_scaling")
-        if not cfg or cfg["rule"] == "none":
-            return {}
-        trainer, base = self.trainer, getattr(self.optimizer_factory, "keywords", {}).get("lr")
-        if base is None:
-            raise ValueError("lr_scaling scales optimizer.lr, which this job's optimizer config does not set")
-        batch = global_batch(trainer.datamodule.train_batch_size, trainer.world_size, trainer.accumulate_grad_batches)
-        lr = scaled_lr(base, batch, cfg["reference_batch_size"], cfg["rule"])
-        log.info("learning rate %.4g: %.4g for %d samples per step, %s-scaled to %d", lr, base,
-                 int(cfg["reference_batch_size"]), cfg["rule"], batch)
-        return {"lr": lr}
+        def batch() -> int:  # the trainer is read only when a rule needs it
+            t = self.trainer
+            return global_batch(t.datamodule.train_batch_size, t.world_size, t.accumulate_grad_batches)
+
+        return lr_override(self.hparams.get("lr_scaling"), getattr(self.optimizer_factory, "keywords", {}).get("lr"),
+                           batch)
