@@ -8,7 +8,8 @@ writes ``SWEEP_DIR/report/``: table1_baseline.csv (when SWEEP_DIR/manifest.csv e
 table2_strong.csv, table3_weak.csv, delong.csv, mcnemar.csv, roc_strong.png, roc_weak.png,
 confusion_strong.png, confusion_weak.png, calibration.csv, reliability.csv, decision_curve.csv,
 calibration_<supervision>.png, with k-fold or site jobs the out-of-fold tables (oof.csv,
-oof_predictions.csv, oof_delong.csv, oof_mcnemar.csv, sites.csv), and report.md (paper order, n per
+oof_predictions.csv, oof_delong.csv, oof_mcnemar.csv, sites.csv), with several seeds the comparisons
+repeated per seed (delong_repeats.csv, mcnemar_repeats.csv, paired_differences.csv), and report.md (paper order, n per
 set, missing/failed jobs). The statistics' numbers (bootstrap resamples, bins, thresholds) are in
 ``conf/report.yaml``. Every file is written atomically (temp file in the same folder, then
 ``os.replace``). :func:`write_report` is the entry point for other code (e.g. a Hydra end-of-multirun
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.reporting.markdown import calibration_section, oof_section, render
+from src.reporting.markdown import calibration_section, oof_section, render, repeats_section
 from src.reporting.sweep import PAPER_PHASE_ORDER, SUPERVISIONS, load_sweep
 from src.reporting.tables import (
     delong_pairs,
@@ -127,6 +128,16 @@ def write_report(sweep_dir: str | Path, options: dict | None = None) -> Path:
         if not sites.empty:
             _write_csv(out / "sites.csv", sites)
 
+    # the phase and supervision comparisons repeated over seeds
+    from src.reporting.repeats import delong_by_repeat, mcnemar_by_repeat, paired_differences, repeats
+
+    groups = repeats(sweep)
+    alpha = float(opts["repeats"]["alpha"])
+    rdl, rmc, diffs = delong_by_repeat(groups), mcnemar_by_repeat(groups), paired_differences(groups, alpha)
+    for name, df in (("delong_repeats", rdl), ("mcnemar_repeats", rmc), ("paired_differences", diffs)):
+        if not df.empty:
+            _write_csv(out / f"{name}.csv", df)
+
     # calibration and decision curves
     evals = evaluated(sweep, pooled)
     dc = opts["decision_curve"]
@@ -147,7 +158,7 @@ def write_report(sweep_dir: str | Path, options: dict | None = None) -> Path:
     for phase, name in figure6_panels(sweep, out, PAPER_PHASE_ORDER).items():
         figs[f"gradcam_{phase}"] = name
     report = out / "report.md"
-    extra = oof_section(oof, odl, omc, sites) + calibration_section(cal, figs, opts)
+    extra = repeats_section(diffs, alpha) + oof_section(oof, odl, omc, sites) + calibration_section(cal, figs, opts)
     atomic_write_text(report, render(sweep, t1, t2, t3, dl, mc, figs, th, sd, ot, t3b, extra, boot=opts["bootstrap"]))
     return report
 

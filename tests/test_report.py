@@ -432,3 +432,79 @@ def test_seeds_on_one_split_get_an_ensemble_row_and_other_cohorts_do_not(tmp_pat
     write_report(root)
     sd = pd.read_csv(root / "report" / "seeds.csv", dtype={"seed": str})
     assert "ensemble" not in set(sd["seed"]) and "mean" in set(sd["seed"])
+
+
+def _seeded_jobs(root, seeds, phases=("CMP", "UP"), sups=("strong", "weak"), split=None):
+    """One job per seed x phase x supervision; each job's metrics.json names its seed (and split)."""
+    n = 0
+    for seed in seeds:
+        for phase in phases:
+            for sup in sups:
+                d = _make_job(root, n, phase, sup)
+                (d / "metrics.json").write_text(json.dumps({"phase": phase, "supervision": sup, "seed": seed,
+                                                             "test_auc": 0.0, **(split or {})}))
+                n += 1
+    return root
+
+
+def test_comparisons_are_repeated_seed_by_seed(tmp_path):
+    """Three seeds of a 2-phase x 2-supervision design: DeLong and McNemar within each seed, and over the
+    seeds the paired difference of the AUCs with its t interval and the per-seed counts."""
+    from scipy import stats as st
+
+    root = _seeded_jobs(tmp_path / "seeds", seeds=(0, 1, 2))
+    md = write_report(root).read_text(encoding="utf-8")
+    out = root / "report"
+    dl = pd.read_csv(out / "delong_repeats.csv", dtype={"seed": str}, keep_default_na=False)
+    assert sorted(dl["seed"]) == ["0", "0", "1", "1", "2", "2"] and set(dl["supervision"]) == {"strong", "weak"}
+    aucs = {}
+    for seed, base in (("0", 0), ("1", 4), ("2", 8)):  # job numbers: CMP strong, CMP weak, UP strong, UP weak
+        for k, (phase, sup) in enumerate((("CMP", "strong"), ("CMP", "weak"), ("UP", "strong"), ("UP", "weak"))):
+            p = _pred(root, f"{base + k}_{phase}_{sup}")
+            aucs[(seed, phase, sup)] = (p, auc_ci(p["label"], p["prob_high"]).auc)
+        row = dl[(dl["seed"] == seed) & (dl["supervision"] == "strong")].iloc[0]
+        a, b = aucs[(seed, "CMP", "strong")][0], aucs[(seed, "UP", "strong")][0]
+        z, p = delong_test(a["label"], a["prob_high"], b["prob_high"])
+        assert (row.phase_a, row.phase_b, row.n) == ("CMP", "UP", N_TEST)
+        assert row.z == pytest.approx(z) and row.p == pytest.approx(p)
+    mc = pd.read_csv(out / "mcnemar_repeats.csv", dtype={"seed": str}, keep_default_na=False)
+    assert len(mc) == 3 * 2 * 2  # seeds x phases x (sensitivity, specificity)
+    first = mc[(mc["seed"] == "1") & (mc["phase"] == "UP") & (mc["metric"] == "specificity")].iloc[0]
+    s, w = aucs[("1", "UP", "strong")][0], aucs[("1", "UP", "weak")][0]
+    low = s["label"] == 0
+    assert first.p == pytest.approx(mcnemar((s["pred"] == 0)[low], (w["pred"] == 0)[low]))
+
+    diffs = pd.read_csv(out / "paired_differences.csv", keep_default_na=False)
+    assert list(zip(diffs["comparison"], diffs["within"], diffs["a"], diffs["b"])) == [
+        ("phases", "strong", "CMP", "UP"), ("phases", "weak", "CMP", "UP"),
+        ("supervisions", "CMP", "strong", "weak"), ("supervisions", "UP", "strong", "weak")]
+    row = diffs.iloc[0]
+    a = np.array([aucs[(s, "CMP", "strong")][1] for s in ("0", "1", "2")])
+    b = np.array([aucs[(s, "UP", "strong")][1] for s in ("0", "1", "2")])
+    lo, hi = st.ttest_rel(a, b).confidence_interval(0.95)
+    assert row.repeats == 3 and row.seeds == "0 1 2"
+    assert row.diff_mean == pytest.approx((a - b).mean()) and row.diff_sd == pytest.approx((a - b).std(ddof=1))
+    assert (row.diff_lo, row.diff_hi) == (pytest.approx(lo), pytest.approx(hi))
+    assert row.n_a_higher == int((a > b).sum())
+    p_seed = dl[dl["supervision"] == "strong"].set_index("seed")["p"]
+    assert row.n_a_sig_higher == int(((p_seed.loc[["0", "1", "2"]].to_numpy() < 0.05) & (a > b)).sum())
+    assert "## Phases and supervisions compared over seeds" in md and "strong: CMP - UP" in md
+
+
+def test_one_seed_or_folds_are_not_compared_over_seeds(tmp_path, sweep):
+    """A single-seed sweep has no repeats; the folds of a k-fold sweep get their per-fold tests but no
+    paired difference (they share training patients)."""
+    root, report = sweep
+    assert not (root / "report" / "paired_differences.csv").exists()
+    assert "compared over seeds" not in report.read_text(encoding="utf-8")
+    folds = tmp_path / "folds"
+    for fold in (0, 1):
+        _seeded_jobs(folds / f"f{fold}", seeds=(0,), split={"split_scheme": "kfold", "split_k": 2, "fold": fold})
+    for fold in (0, 1):  # one sweep folder: job numbers 0-3 of fold 0, 4-7 of fold 1
+        for d in sorted((folds / f"f{fold}").iterdir()):
+            n, rest = d.name.split("_", 1)
+            d.rename(folds / f"{int(n) + 4 * fold}_{rest}")
+    write_report(folds)
+    dl = pd.read_csv(folds / "report" / "delong_repeats.csv", dtype={"fold": str})
+    assert sorted(set(dl["fold"])) == ["0", "1"]
+    assert not (folds / "report" / "paired_differences.csv").exists()

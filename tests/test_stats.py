@@ -17,6 +17,7 @@ from src.stats import (
     delong_test,
     mcnemar,
     mcnemar_result,
+    paired_difference,
     threshold_metrics,
     youden_threshold,
 )
@@ -224,3 +225,31 @@ def test_categorical_matches_r_and_paper_table1():
     f = compare_categorical([[3, 1], [1, 3]])
     assert f.test == "Fisher exact"
     assert f.p == pytest.approx(0.48571428571428582, abs=TOL)
+
+
+# ---- paired difference over repeats: R t.test(a, b, paired = TRUE) ------------------------------
+
+
+def test_paired_difference_matches_r_paired_t_test():
+    """d = (0.10, -0.02, 0.10): mean 0.06, SD sqrt(0.0048), t = 1.5 on 2 df; R: qt(0.975, 2) =
+    4.302652729749464, 2 * pt(-1.5, 2) = 0.2723931248910011."""
+    res = paired_difference([0.80, 0.70, 0.90], [0.70, 0.72, 0.80])
+    half = 4.302652729749464 * math.sqrt(0.0048) / math.sqrt(3)
+    assert res.n == 3
+    assert res.mean == pytest.approx(0.06, abs=1e-12) and res.sd == pytest.approx(math.sqrt(0.0048), abs=1e-12)
+    assert (res.lo, res.hi) == (pytest.approx(0.06 - half, abs=1e-12), pytest.approx(0.06 + half, abs=1e-12))
+    assert res.p == pytest.approx(0.2723931248910011, abs=1e-12)
+    narrower = paired_difference([0.80, 0.70, 0.90], [0.70, 0.72, 0.80], alpha=0.5)
+    assert res.lo < narrower.lo < narrower.hi < res.hi
+
+
+def test_paired_difference_edges():
+    one = paired_difference([0.8], [0.7])
+    assert one.n == 1 and one.mean == pytest.approx(0.1) and math.isnan(one.sd) and math.isnan(one.p)
+    dropped = paired_difference([0.8, float("nan"), 0.6], [0.7, 0.5, 0.65])  # the NaN pair is left out
+    assert dropped.n == 2 and dropped.mean == pytest.approx((0.1 - 0.05) / 2)
+    same = paired_difference([1.0, 2.0], [0.0, 1.0])
+    assert (same.sd, same.lo, same.hi) == (0.0, 1.0, 1.0) and math.isnan(same.p)
+    assert paired_difference([], []).n == 0
+    with pytest.raises(ValueError, match="as many values"):
+        paired_difference([0.1, 0.2], [0.1])

@@ -14,7 +14,7 @@ import pandas as pd
 from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, SUPERVISIONS, Sweep, expected_supervisions
 from src.reporting.tables import fmt, fmt_auc, fmt_p
 
-__all__ = ["render", "oof_section", "calibration_section"]
+__all__ = ["render", "oof_section", "calibration_section", "repeats_section"]
 
 
 def _md_table(df: pd.DataFrame, cols: list[str], headers: list[str] | None = None) -> str:
@@ -313,6 +313,9 @@ def render(sweep: Sweep, t1, t2, t3, dl, mc, figs: dict[str, str], th: pd.DataFr
         "z = (AUC_a - AUC_b)/SE, patients matched by patient_id.\n"
         "- Strong vs weak: McNemar's test on the patients of each class (sensitivity: high grade; "
         "specificity: low grade), exact binomial p (`p`); continuity-corrected chi-square in `p_chisq`.\n"
+        "- Over seeds (a sweep with `seed=0,1,...`): the seed-by-seed AUC difference of two models, its mean with "
+        "a Student t interval and the paired t-test (scipy `ttest_rel`); each seed's own DeLong and McNemar tests "
+        "in the `*_repeats.csv` files.\n"
         "- Accuracy / sensitivity / specificity at threshold 0.5 with Wilson 95% CIs (CSV files).\n"
         "- Slice-level AUC CI: percentile patient-cluster bootstrap (patients resampled with replacement, "
         "each with all its slices).\n"
@@ -376,6 +379,36 @@ def oof_section(oof: pd.DataFrame, odl: pd.DataFrame, omc: pd.DataFrame, sites: 
                                               zip(sites["auc"], sites["auc_low"], sites["auc_high"])]),
                             ["supervision", "phase", "site", "n", "n_high", "AUC", "accuracy"]))
     return "".join(md) + "\n"
+
+
+def repeats_section(diffs: pd.DataFrame, alpha: float) -> str:
+    """The paired differences over seeds (``src.reporting.repeats.paired_differences``) as Markdown."""
+    if diffs.empty:
+        return ""
+    pct = f"{100 * (1 - alpha):g} %"
+    v = pd.DataFrame({
+        "compared": [f"{w}: {a} - {b}" for w, a, b in zip(diffs["within"], diffs["a"], diffs["b"])],
+        "seeds": [str(int(n)) for n in diffs["repeats"]],
+        "AUC a / b, mean": [_pair(a, b) for a, b in zip(diffs["auc_a_mean"], diffs["auc_b_mean"])],
+        f"difference, mean [{pct} t interval]": [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" if not math.isnan(lo)
+                                                 else f"{m:+.3f}" for m, lo, hi in
+                                                 zip(diffs["diff_mean"], diffs["diff_lo"], diffs["diff_hi"])],
+        "p (paired t)": [fmt_p(p) if not math.isnan(p) else "NA" for p in diffs["p_t"]],
+        "a higher": [f"{int(k)} of {int(n)}" for k, n in zip(diffs["n_a_higher"], diffs["repeats"])],
+        f"DeLong p < {alpha:g}: a / b higher": [f"{int(x)} / {int(y)}" for x, y in
+                                           zip(diffs["n_a_sig_higher"], diffs["n_b_sig_higher"])],
+    })
+    if (diffs["setting"].fillna("") != "").any():
+        v.insert(0, "setting", diffs["setting"].fillna("").to_numpy())
+    return ("## Phases and supervisions compared over seeds (testing set, patient level)\n\n"
+            "Each seed is one repeat of the whole design (on the synthetic cohort, its own cohort and split), so the "
+            "paper's single-split tests are repeated: DeLong between phases and McNemar strong vs weak within every "
+            "seed (`delong_repeats.csv`, `mcnemar_repeats.csv`; the tables above are the first seed's). Below, over "
+            f"the seeds: the AUC of a minus that of b, seed by seed, with its {pct} Student t interval and paired "
+            f"t-test p; in how many seeds a was higher, and in how many DeLong found a or b higher with p < {alpha:g} "
+            "on that seed's testing patients (`paired_differences.csv`). Folds are not repeats here (they share "
+            "training patients): a k-fold sweep's comparison is the out-of-fold section's.\n\n"
+            + _md_table(v, list(v.columns)) + "\n")
 
 
 def calibration_section(cal: pd.DataFrame, figs: dict, opts: dict) -> str:

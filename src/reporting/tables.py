@@ -96,7 +96,9 @@ def paired(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
-def _delong_pair(a: pd.DataFrame | None, b: pd.DataFrame | None) -> dict:
+def delong_pair(a: pd.DataFrame | None, b: pd.DataFrame | None) -> dict:
+    """Paired DeLong test of two patient tables matched by patient_id: n, auc_a, auc_b, z, p and a note
+    (NaN with the reason in ``note`` when a table is missing, the labels disagree or a class is absent)."""
     out = {"n": 0, "auc_a": NAN, "auc_b": NAN, "z": NAN, "p": NAN, "note": ""}
     if a is None or b is None:
         out["note"] = "predictions missing"
@@ -184,7 +186,7 @@ def table2_strong(sweep: Sweep, reference_phase: str = "CMP", supervision: str =
         if ref is None:
             d = {"p": NAN, "z": NAN, "n": 0, "note": f"no {reference_phase} model"}
         else:
-            d = _delong_pair(job.patients.get("test"), ref.patients.get("test"))
+            d = delong_pair(job.patients.get("test"), ref.patients.get("test"))
         row["test_auc_of_oracle"] = of_oracle(row["test_auc"], oracle_perf(sweep.cohort_of(job), phase, "test"))
         if supervision == "mil":  # a bag model explained slice by slice: its Grad-CAM localisation
             from src.reporting.gradcam import cam_metrics
@@ -256,7 +258,7 @@ def delong_between_phases(tables: dict, split: str) -> pd.DataFrame:
         for pa, pb in combinations(PAPER_PHASE_ORDER, 2):
             if (pa, sup) not in tables or (pb, sup) not in tables:
                 continue
-            d = _delong_pair(tables[(pa, sup)], tables[(pb, sup)])
+            d = delong_pair(tables[(pa, sup)], tables[(pb, sup)])
             rows.append({"supervision": sup, "split": split, "level": "patient", "phase_a": pa, "phase_b": pb} | d)
     return pd.DataFrame(rows, columns=DELONG_COLS)
 
@@ -319,8 +321,17 @@ def _job_oracle(sweep: Sweep, job, phase: str) -> dict:
     return {"test_oracle_auc": o["auc"] if o else NAN, "test_auc_of_oracle": of_oracle(auc, o)}
 
 
-def _setting_labels(jobs) -> dict[tuple[str, ...], str]:
-    """For the recipes of one model's jobs: '' when they share one recipe; otherwise each recipe's
+def fold_label(metrics: dict) -> str:
+    """A job's fold as the report names it, from its metrics.json: '' for a holdout split, the fold for
+    k-fold, the tested site for a site split."""
+    scheme = str(metrics.get("split_scheme") or "holdout")
+    if scheme == "holdout":
+        return ""
+    return str(metrics.get("fold") if scheme == "kfold" else metrics.get("test_site"))
+
+
+def setting_labels(jobs) -> dict[tuple[str, ...], str]:
+    """For the recipes of jobs (one model's, or a sweep's): '' when they share one recipe; otherwise each recipe's
     overrides that not all of them share (``default`` for a recipe with none of those)."""
     recipes = {j.recipe for j in jobs}
     if len(recipes) < 2:
@@ -365,12 +376,11 @@ def seeds_table(sweep: Sweep) -> pd.DataFrame:
     rows = []
     order = {p: i for i, p in enumerate(PAPER_PHASE_ORDER)}
     for (phase, sup), model_jobs in sorted(by_model.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
-        labels = _setting_labels(model_jobs)
+        labels = setting_labels(model_jobs)
         for setting in sorted(set(labels.values())):
             jobs = [j for j in model_jobs if labels[j.recipe] == setting]
             per = [{"supervision": sup, "phase": phase, "setting": setting, "seed": str(j.metrics.get("seed", "?")),
-                    "fold": "" if j.metrics.get("split_scheme", "holdout") == "holdout" else str(j.metrics.get(
-                        "fold") if j.metrics.get("split_scheme") == "kfold" else j.metrics.get("test_site")),
+                    "fold": fold_label(j.metrics),
                     "job": j.name, **{k: float(j.metrics.get(k, np.nan)) for k in JOB_METRICS},
                     **_job_oracle(sweep, j, phase)} for j in jobs]
             rows += per

@@ -17,10 +17,12 @@ from src.stats.calibration import (
 from src.stats.hypothesis import (
     GroupComparison,
     McNemarResult,
+    PairedDifference,
     compare_categorical,
     compare_continuous,
     mcnemar,
     mcnemar_result,
+    paired_difference,
 )
 from src.stats.metrics import (
     AUCResult,
@@ -49,6 +51,7 @@ __all__ = [
     "DeLongResult",
     "GroupComparison",
     "McNemarResult",
+    "PairedDifference",
     "ThresholdMetrics",
     "auc_ci",
     "binomial_ci",
@@ -58,6 +61,7 @@ __all__ = [
     "delong_test",
     "mcnemar",
     "mcnemar_result",
+    "paired_difference",
     "decide",
     "threshold_metrics",
     "youden_threshold",
