@@ -70,25 +70,24 @@ def _tagged(frame: pd.DataFrame, key: Repeat) -> pd.DataFrame:
     return frame.assign(**dict(zip(REPEAT_COLS, key)))
 
 
+def _by_repeat(groups: dict, test, cols: list[str], split: str) -> pd.DataFrame:
+    """``test(tables, split)`` within each repeat, tagged with its setting, seed and fold; empty unless a
+    setting has two or more repeats (one repeat is the report's own table)."""
+    frames = [_tagged(test(tables, split), key) for key, tables in groups.items()] if _several(groups) else []
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True)[REPEAT_COLS + cols] if frames else pd.DataFrame(
+        columns=REPEAT_COLS + cols)
+
+
 def delong_by_repeat(groups: dict, split: str = "test") -> pd.DataFrame:
     """:func:`delong_between_phases` within each repeat, with its setting, seed and fold; empty unless a
-    setting has two or more repeats (one repeat is the report's own DeLong table)."""
-    cols = REPEAT_COLS + DELONG_COLS
-    if not _several(groups):
-        return pd.DataFrame(columns=cols)
-    frames = [_tagged(delong_between_phases(tables, split), key) for key, tables in groups.items()]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+    setting has two or more repeats."""
+    return _by_repeat(groups, delong_between_phases, DELONG_COLS, split)
 
 
 def mcnemar_by_repeat(groups: dict, split: str = "test") -> pd.DataFrame:
     """:func:`mcnemar_between_supervisions` within each repeat, as :func:`delong_by_repeat`."""
-    cols = REPEAT_COLS + MCNEMAR_COLS
-    if not _several(groups):
-        return pd.DataFrame(columns=cols)
-    frames = [_tagged(mcnemar_between_supervisions(tables, split), key) for key, tables in groups.items()]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+    return _by_repeat(groups, mcnemar_between_supervisions, MCNEMAR_COLS, split)
 
 
 def _pairs(present: set[tuple[str, str]]):
