@@ -224,14 +224,13 @@ def gradcam_hook(net, settings: dict, result: dict, out_dir: Path, patient_id: s
     returns the PNG path."""
     from src.cam import figures
 
-    fn = figures.gradcam_figure
     out = out_dir / f"{patient_id}_gradcam.png"
     meta = {"patient_id": patient_id, "supervision": settings["supervision"], "phase": settings["phase"]}
     if settings["supervision"] == "strong":
-        info = fn(net, result["input"], None, 3, out, class_index=1, meta=meta)
+        info = figures.gradcam_figure(net, result["input"], None, 3, out, class_index=1, meta=meta)
     else:  # the lesion slice with the largest tumour area
         k = int(result["masks"].reshape(len(result["masks"]), -1).sum(1).argmax())
-        info = fn(net, result["input"][k], result["masks"][k], 2, out, class_index=1, meta=meta)
+        info = figures.gradcam_figure(net, result["input"][k], result["masks"][k], 2, out, class_index=1, meta=meta)
     return str(info.get("path", out))
 
 
