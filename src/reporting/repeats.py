@@ -20,6 +20,7 @@ pooled out-of-fold predictions (``src.reporting.crossval``).
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
 
 import pandas as pd
@@ -119,7 +120,8 @@ def paired_differences(groups: dict, alpha: float = 0.05) -> pd.DataFrame:
         present = set().union(*(set(t) for t in mine.values()))
         for comparison, within, a, b, ka, kb in _pairs(present):
             per = [(seed, delong_pair(t[ka], t[kb])) for (_, seed, _), t in mine.items() if ka in t and kb in t]
-            per = [(seed, d) for seed, d in per if d["n"] > 0 and d["auc_a"] == d["auc_a"] and d["auc_b"] == d["auc_b"]]
+            per = [(seed, d) for seed, d in per
+                   if d["n"] > 0 and not (math.isnan(d["auc_a"]) or math.isnan(d["auc_b"]))]
             if len(per) < 2:
                 continue
             auc_a = [d["auc_a"] for _, d in per]
