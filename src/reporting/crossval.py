@@ -36,6 +36,15 @@ def job_split(job: Job) -> dict:
             "test_site": m.get("test_site"), "seed": m.get("seed")}
 
 
+def fold_label(job: Job) -> str:
+    """The job's fold as the report names it: '' for a holdout split, the fold for k-fold, the tested site
+    for a site split (:func:`job_split`)."""
+    sp = job_split(job)
+    if sp["scheme"] == "holdout":
+        return ""
+    return str(sp["fold"] if sp["scheme"] == "kfold" else sp["test_site"])
+
+
 def pooled_jobs(sweep: Sweep) -> dict[tuple[str, str], list[Job]]:
     """(phase, supervision) -> its ok jobs of a pooled scheme (k-fold or site), in job order."""
     out: dict[tuple[str, str], list[Job]] = {}

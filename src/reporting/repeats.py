@@ -25,13 +25,13 @@ from itertools import combinations
 
 import pandas as pd
 
+from src.reporting.crossval import fold_label
 from src.reporting.sweep import PAPER_PHASE_ORDER, SUPERVISIONS, Sweep
 from src.reporting.tables import (
     DELONG_COLS,
     MCNEMAR_COLS,
     delong_between_phases,
     delong_pair,
-    fold_label,
     mcnemar_between_supervisions,
     setting_labels,
 )
@@ -56,7 +56,7 @@ def repeats(sweep: Sweep, split: str = "test") -> dict[Repeat, dict[tuple[str, s
     labels = setting_labels(jobs)
     out: dict[Repeat, dict[tuple[str, str], pd.DataFrame]] = {}
     for job in jobs:
-        key = (labels[job.recipe], str(job.metrics.get("seed", "?")), fold_label(job.metrics))
+        key = (labels[job.recipe], str(job.metrics.get("seed", "?")), fold_label(job))
         out.setdefault(key, {}).setdefault((job.phase, job.supervision), job.patients[split])
     return out
 

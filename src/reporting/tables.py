@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from src.data.manifest import grade_label
+from src.reporting.crossval import fold_label
 from src.reporting.sweep import PAPER_PHASE_ORDER, SPLITS, SUPERVISIONS, Sweep
 from src.stats import (
     auc_ci,
@@ -321,15 +322,6 @@ def _job_oracle(sweep: Sweep, job, phase: str) -> dict:
     return {"test_oracle_auc": o["auc"] if o else NAN, "test_auc_of_oracle": of_oracle(auc, o)}
 
 
-def fold_label(metrics: dict) -> str:
-    """A job's fold as the report names it, from its metrics.json: '' for a holdout split, the fold for
-    k-fold, the tested site for a site split."""
-    scheme = str(metrics.get("split_scheme") or "holdout")
-    if scheme == "holdout":
-        return ""
-    return str(metrics.get("fold") if scheme == "kfold" else metrics.get("test_site"))
-
-
 def setting_labels(jobs) -> dict[tuple[str, ...], str]:
     """For the recipes of jobs (one model's, or a sweep's): '' when they share one recipe; otherwise each recipe's
     overrides that not all of them share (``default`` for a recipe with none of those)."""
@@ -380,7 +372,7 @@ def seeds_table(sweep: Sweep) -> pd.DataFrame:
         for setting in sorted(set(labels.values())):
             jobs = [j for j in model_jobs if labels[j.recipe] == setting]
             per = [{"supervision": sup, "phase": phase, "setting": setting, "seed": str(j.metrics.get("seed", "?")),
-                    "fold": fold_label(j.metrics),
+                    "fold": fold_label(j),
                     "job": j.name, **{k: float(j.metrics.get(k, np.nan)) for k in JOB_METRICS},
                     **_job_oracle(sweep, j, phase)} for j in jobs]
             rows += per
