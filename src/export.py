@@ -49,12 +49,13 @@ def example_input(settings: dict, n: int, generator=None):
     import torch
 
     pp = settings["preprocess"]
+    channels = int(settings["net"].get("in_channels", 1))  # 2D: the slice and its neighbours (data.context_slices)
     if settings["supervision"] == "strong":
-        shape = (n, 1, *[int(v) for v in pp["roi_size"]])
+        shape = (n, channels, *[int(v) for v in pp["roi_size"]])
     elif settings["supervision"] == "mil":
-        shape = (1, n, 1, *[int(v) for v in pp["slice_size"]])
+        shape = (1, n, channels, *[int(v) for v in pp["slice_size"]])
     else:
-        shape = (n, 1, *[int(v) for v in pp["slice_size"]])
+        shape = (n, channels, *[int(v) for v in pp["slice_size"]])
     return torch.randn(*shape, generator=generator)
 
 

@@ -92,6 +92,7 @@ def job_settings(job_cfg: DictConfig) -> dict:
             "threshold": float(threshold),
             "cam_layer": OmegaConf.select(job_cfg, "model.cam_layer", default=None),
             "tta": str(OmegaConf.select(job_cfg, "model.tta", default="none")),
+            "context_slices": int(OmegaConf.select(job_cfg, "data.context_slices", default=0) or 0),
         }
     except Exception as exc:  # a config that is not a training job's
         raise InputError(f"cannot read the job config ({type(exc).__name__}: {exc})") from None
@@ -172,21 +173,24 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
     import numpy as np
     import torch
 
+    from src.data.bank import with_context
     from src.models.tta import tta_logits
 
-    mode = settings["tta"]
+    mode, k = settings["tta"], int(settings.get("context_slices", 0))
     with torch.no_grad():
         if settings["supervision"] == "strong":
             angles = [float(a) for a in arrays["angles"]]
             x = torch.from_numpy(np.asarray(arrays["rois"][angles.index(0.0)], dtype=np.float32))[None, None]
             return {**_decision(tta_logits(net, x, mode), settings["threshold"]), "input": x[0]}
         if settings["supervision"] == "mil":  # every lesion slice as one bag: one prediction for the patient
-            bag = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))[None, :, None]
+            bag = with_context(torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32)),
+                               arrays["slice_index"], k)[None]
             return {**_decision(tta_logits(net, bag, mode), settings["threshold"]),
                     "slices": [{"slice_index": int(k)} for k in np.asarray(arrays["slice_index"])]}
         from src.callbacks.aggregation import aggregate_patient
 
-        slices = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))[:, None]
+        slices = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))
+        slices = with_context(slices, arrays["slice_index"], k)
         probs = torch.cat([tta_logits(net, slices[i:i + batch_size], mode).float().softmax(-1)
                            for i in range(0, len(slices), batch_size)])
         probs = probs.numpy().astype(np.float64)

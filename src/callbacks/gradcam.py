@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from src.callbacks.predictions import TestMetricsContributor
-from src.cam.figures import figure_2d, figure_3d
+from src.cam.figures import figure_2d, figure_3d, own_channel
 from src.cam.maps import AUTO, TARGET_LAYER, CellGrid, bag_grad_cam, cell_grid, explained_score, grad_cam, resolve_layer
 from src.cam.scores import localisation, summarise
 
@@ -142,7 +142,7 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
             i = int(np.flatnonzero(patients == p)[0])
             slices = ds.slices[i].cpu().numpy()
             order = np.argsort(slices, kind="stable")
-            bag = ds.batch(torch.as_tensor([i]))["image"][0][torch.as_tensor(order)]  # (N, 1, H, W), by slice
+            bag = ds.batch(torch.as_tensor([i]))["image"][0][torch.as_tensor(order)]  # (N, C, H, W), by slice
             cams, probs, weights = bag_grad_cam(net, bag, self.class_index, self.target_layer or AUTO, self.target)
             grid = grid or self._grid(net.net, bag)  # every slice has the same size
             k = int(probs.argmax()) if self.class_index is None else self.class_index
@@ -167,9 +167,9 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
 
     def _largest_tumour_figure(self, images: torch.Tensor, cams: np.ndarray, masks: np.ndarray, rows: list[dict],
                                name: str) -> Path:
-        """The figure of the slice with the largest tumour area among ``images`` (N, 1, H, W) and their maps."""
+        """The figure of the slice with the largest tumour area among ``images`` (N, C, H, W) and their maps."""
         j = int(masks.reshape(len(masks), -1).sum(1).argmax())
-        return figure_2d(images[j, 0].float().cpu().numpy(), cams[j], masks[j], self.output_dir / f"{name}.png",
+        return figure_2d(own_channel(images[j]), cams[j], masks[j], self.output_dir / f"{name}.png",
                          self.window_z, rows[j], **self.fig_kw)
 
     def _rows(self, dm, net: nn.Module, ds, prefix: str, score_all: bool) -> tuple[list[dict], list[Path]]:
@@ -214,7 +214,7 @@ class GradCamCallback(L.Callback, TestMetricsContributor):
                 meta = {"patient_id": pid, "label": int(labels[pick[0]]), "prob_high": float(probs[0][-1]),
                         "class_index": classes[0]}
                 out = self.output_dir / f"{prefix}_{pid}.png"
-                paths.append(figure_3d(images[0, 0].float().cpu().numpy(), cams[0], out, self.window_z, meta,
+                paths.append(figure_3d(own_channel(images[0]), cams[0], out, self.window_z, meta,
                                        **self.fig_kw))
                 continue
             per = [{"patient": int(p), "patient_id": pid, "slice_index": int(slices[i]), "label": int(labels[i]),

@@ -23,6 +23,12 @@ def display(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a).T[::-1, ::-1])
 
 
+def own_channel(sample: torch.Tensor) -> np.ndarray:
+    """The image a heat map is drawn over: of one input ``(C, *spatial)``, its middle channel (the slice
+    itself when ``data.context_slices`` stacks its neighbours around it; the only one otherwise)."""
+    return sample[sample.shape[0] // 2].float().cpu().numpy()
+
+
 def hu_window(level: float, width: float) -> tuple[float, float]:
     return level - width / 2.0, level + width / 2.0
 
@@ -143,7 +149,7 @@ def gradcam_figure(net: nn.Module, image_tensor: torch.Tensor, mask_or_None: np.
     cams, probs = grad_cam(net, x, class_index, target_layer=target_layer, target=target)
     cam, p = cams[0], probs[0]
     k = int(p.argmax()) if class_index is None else int(class_index)
-    shown = np.asarray(display_image if display_image is not None else x[0, 0].float().cpu().numpy())
+    shown = np.asarray(display_image if display_image is not None else own_channel(x[0]))
     mask = None if mask_or_None is None else np.asarray(mask_or_None, dtype=bool)
     info = {**(meta or {}), "prob_high": float(p[-1]), "class_index": k}
     if mask is not None and spatial_dims == 2:

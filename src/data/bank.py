@@ -31,9 +31,12 @@ class RowBank:
     GPU-resident mode), and a batch is a single index operation there.
     """
 
-    def __init__(self, parts: list[np.ndarray]):
+    def __init__(self, parts: list[np.ndarray], context: torch.Tensor | None = None):
+        """``context``: ``(len, C)`` rows, for each row the rows :meth:`images` stacks as its C channels
+        (:func:`context_rows`); None: each row is one channel."""
         self.parts = parts
         self.offsets = np.cumsum([0, *(len(p) for p in parts)])
+        self.context = context
         self.tensor: torch.Tensor | None = None
         self.normalisation: tuple[float, float] | None = None  # (mean, sd): rows come out as (x - mean) / sd
 
@@ -68,6 +71,15 @@ class RowBank:
             out = (out.float() - mean) / sd
         return out
 
+    def images(self, rows: torch.Tensor) -> torch.Tensor:
+        """Network inputs ``(N, C, *spatial)`` of ``rows``: each row with its context rows as channels (C = 1
+        without a context table)."""
+        if self.context is None:
+            return self.gather(rows)[:, None]
+        table = self.context[rows.to(self.context.device)]
+        out = self.gather(table.reshape(-1))
+        return out.reshape(*table.shape, *out.shape[1:])
+
     def moments(self, rows: torch.Tensor, chunk: int = 256) -> tuple[float, float]:
         """(mean, SD) over every voxel of ``rows`` (the stored values), accumulated in float64."""
         total = total_sq = 0.0
@@ -81,6 +93,8 @@ class RowBank:
     def to(self, device: torch.device | str) -> RowBank:
         """Copy every row to ``device`` as one tensor, one case at a time (no full host copy)."""
         self.tensor = torch.cat([torch.from_numpy(np.array(p)).to(device) for p in self.parts])
+        if self.context is not None:
+            self.context = self.context.to(device)
         return self
 
 
@@ -122,7 +136,7 @@ class BankDataset(_BatchedDataset):
             idx = idx.pin_memory().to(self.rows.device, non_blocking=True)
         else:
             idx = idx.to(self.rows.device)
-        return {"image": self.bank.gather(self.rows[idx])[:, None], **{k: v[idx] for k, v in self.meta.items()}}
+        return {"image": self.bank.images(self.rows[idx]), **{k: v[idx] for k, v in self.meta.items()}}
 
     def to(self, device: torch.device | str) -> BankDataset:
         self.rows = self.rows.to(device)
@@ -138,7 +152,7 @@ class BankDataset(_BatchedDataset):
 class BagDataset(_BatchedDataset):
     """One sample per patient: every one of its rows of a shared :class:`RowBank` as one bag (``supervision=mil``).
 
-    A batch is ``{image: (B, N, 1, *spatial), label, patient, slice, bag_slices}`` with ``slice`` = -1 (one
+    A batch is ``{image: (B, N, C, *spatial), label, patient, slice, bag_slices}`` with ``slice`` = -1 (one
     prediction per patient) and ``bag_slices`` (B, N) the axial index of each image. Bags of a batch with fewer
     rows than the largest repeat their rows cyclically up to N (``data.loader.bags_per_batch`` bags per batch;
     with one, every bag is exactly its rows).
@@ -164,8 +178,8 @@ class BagDataset(_BatchedDataset):
         cyclic = torch.arange(n)
         rows = torch.stack([b[cyclic % len(b)] for b in bags])  # (B, N)
         slices = torch.stack([self.slices[int(i)][cyclic % len(b)] for i, b in zip(idx, bags)])
-        images = self.bank.gather(rows.reshape(-1))
-        images = images.reshape(len(bags), n, 1, *images.shape[1:])
+        images = self.bank.images(rows.reshape(-1))
+        images = images.reshape(len(bags), n, *images.shape[1:])
         device = images.device
         return {"image": images, **{k: v.to(device)[idx.to(device)] for k, v in self.meta.items()},
                 "bag_slices": slices.to(device)}
@@ -184,6 +198,34 @@ class BagDataset(_BatchedDataset):
         """Every bag as tensors, one at a time (bags differ in size): a list of images, stacked tables."""
         items = [self[i] for i in range(len(self))]
         return {"image": [it["image"] for it in items], **{k: torch.stack([it[k] for it in items]) for k in self.meta}}
+
+
+def context_rows(slice_index, k: int) -> np.ndarray:
+    """``(n, 2k + 1)`` indices into one case's lesion slices: for each slice, the slices ``k`` below to ``k``
+    above it along the axial axis, itself in the middle (``data.context_slices``: 2.5D input, the
+    neighbours as channels). A neighbour that is not a lesion slice of the case (the tumour's tips, a gap
+    in the slice indices) repeats the nearest one toward the slice itself, so every channel holds a
+    lesion slice and the tumour's ends look alike."""
+    z = [int(v) for v in np.asarray(slice_index).reshape(-1)]
+    where = {v: i for i, v in enumerate(z)}
+    if len(where) != len(z):
+        raise ValueError("duplicate slice indices in one case")
+    out = np.empty((len(z), 2 * int(k) + 1), dtype=np.int64)
+    for i, v in enumerate(z):
+        out[i, k] = i
+        for step in (-1, 1):
+            prev, reached = i, True
+            for d in range(1, int(k) + 1):
+                reached = reached and (v + step * d) in where
+                prev = where[v + step * d] if reached else prev
+                out[i, k + step * d] = prev
+    return out
+
+
+def with_context(slices: torch.Tensor, slice_index, k: int) -> torch.Tensor:
+    """One case's lesion slices ``(n, H, W)`` as network inputs ``(n, 2k + 1, H, W)``: each with its ``k``
+    neighbours on each side (:func:`context_rows`; ``k`` = 0: ``(n, 1, H, W)``)."""
+    return slices[torch.from_numpy(context_rows(slice_index, k))]
 
 
 def slice_areas(packed_masks: np.ndarray) -> np.ndarray:
@@ -243,25 +285,30 @@ def make_bags(bank: RowBank, rows: list) -> BagDataset:
 
 
 def build_datasets(case_arrays: list[dict], labels: list[int], splits: list[str], supervision: str,
-                   train_angles=None, min_train_area: float = 0.0
+                   train_angles=None, min_train_area: float = 0.0, context_slices: int = 0
                    ) -> tuple[RowBank, dict[str, BankDataset], dict[tuple[int, int], np.ndarray]]:
     """(bank, datasets by set name, packed lesion-slice masks by (patient index, slice index)) for the
     cases' arrays (in patient-index order) with their labels and splits ('train', 'val', 'test').
     ``mil``: the weak model's slices, one :class:`BagDataset` bag per patient. ``min_train_area``: see
-    :func:`case_views`."""
+    :func:`case_views`. ``context_slices`` (weak, mil): each slice comes with that many neighbours on
+    each side as channels (:func:`context_rows`)."""
     bags = supervision == "mil"
     supervision = "weak" if bags else supervision
     rows: dict[str, list] = {s: [] for s in ("fit", "val", "train", "test")}
-    parts, offset, slice_masks = [], 0, {}
+    if context_slices and supervision == "strong":
+        raise ValueError("data.context_slices stacks neighbouring lesion slices: supervision=weak or mil")
+    parts, offset, slice_masks, context = [], 0, {}, []
     for idx, (arrays, label, split) in enumerate(zip(case_arrays, labels, splits)):
         for target, (local, z) in case_views(arrays, split, supervision, train_angles, min_train_area):
             rows[target].append((idx, label, offset + local, z))
         image = arrays["rois" if supervision == "strong" else "slices"]
         parts.append(image)
-        offset += len(image)
         if supervision == "weak":
             for z, packed in zip(arrays["slice_index"], arrays["masks"]):
                 slice_masks[(idx, int(z))] = packed
-    bank = RowBank(parts)
+            if context_slices:
+                context.append(offset + context_rows(arrays["slice_index"], int(context_slices)))
+        offset += len(image)
+    bank = RowBank(parts, torch.from_numpy(np.concatenate(context)) if context else None)
     make = make_bags if bags else make_dataset
     return bank, {name: make(bank, r) for name, r in rows.items() if r}, slice_masks

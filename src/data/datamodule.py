@@ -43,11 +43,13 @@ class GradeDataModule(L.LightningDataModule):
     ``num_workers``, ``pin_memory``, ``device_resident`` (true | false | auto), ``device_resident_max_fraction``;
     ``validation``: ``on_invalid``, ``geometry_tolerance``; ``augment``: random training augmentation
     (``src/data/augment.py``; ``enabled`` and its parameters); ``workers``: processes for cohort generation and
-    preprocessing (0: this one; auto: the CPUs, shared by ``concurrent_jobs`` jobs)."""
+    preprocessing (0: this one; auto: the CPUs, shared by ``concurrent_jobs`` jobs); ``context_slices`` (weak,
+    mil): neighbouring lesion slices on each side stacked as channels (``src/data/bank.py``, ``context_rows``)."""
 
     def __init__(self, source, phase: str, supervision: str, cache_dir: str, preprocess: dict, split: dict,
                  loader: dict, validation: dict, augment: dict, tumour_label: int | None = None, seed: int = 0,
-                 workers: int | str = 0, concurrent_jobs: int = 1, cache_verify: str = "checksum"):
+                 workers: int | str = 0, concurrent_jobs: int = 1, cache_verify: str = "checksum",
+                 context_slices: int = 0):
         super().__init__()
         self.source, self.phase, self.supervision = source, phase, check_supervision(supervision)
         self.cache_root = Path(cache_dir)
@@ -55,6 +57,7 @@ class GradeDataModule(L.LightningDataModule):
         self.loader_cfg = dict(loader)
         self.batch_size = int(loader["batch_size"])
         self.tumour_label, self.seed = tumour_label, int(seed)
+        self.context_slices = int(context_slices)
         self.workers, self.concurrent_jobs = workers, max(1, int(concurrent_jobs))
         self.cache = PreprocessCache(self.cache_root, phase, PREPROCESSING[supervision], self.pp, tumour_label,
                                      verify=cache_verify)
@@ -127,7 +130,8 @@ class GradeDataModule(L.LightningDataModule):
                 raise InputError(f"the {name} set is empty", path=str(manifest))
         self.bank, self.datasets, self.slice_masks = build_datasets(
             [self.cache.load(c) for c in cases], [c.label for c in cases], [self.splits[p] for p in self.patient_ids],
-            self.supervision, self.pp.get("train_angles"), float(self.loader_cfg.get("min_train_area", 0.0)))
+            self.supervision, self.pp.get("train_angles"), float(self.loader_cfg.get("min_train_area", 0.0)),
+            self.context_slices)
         if self.pp["intensity"] == "zscore_dataset":
             mean, sd = self.bank.moments(self.datasets["fit"].rows)
             if not sd > 0:

@@ -4,6 +4,8 @@
   where device-dependent defaults (loader processes, pinned memory, channels-last, fused optimiser)
   are decided: every such key in ``conf/`` names its two values, so a trainer preset only sets
   ``accelerator`` and any key can still be set by hand.
+- ``${slice_channels:K}``: 2K + 1, the input channels of a 2D network fed K neighbouring slices on each
+  side (``data.context_slices``).
 - ``${basename:PATH}``: the last component of a path.
 - ``${interactive:}``: true in a terminal a person watches (``src.utils.console.interactive``): progress
   bars there, plain log lines under CI or in a log file.
@@ -23,6 +25,7 @@ def if_gpu(accelerator, on_gpu, otherwise):
 
 def register() -> None:
     OmegaConf.register_new_resolver("if_gpu", if_gpu, replace=True)
+    OmegaConf.register_new_resolver("slice_channels", lambda k: 2 * int(k) + 1, replace=True)
     OmegaConf.register_new_resolver("basename", lambda p: Path(str(p)).name, replace=True)
     from src.utils.console import interactive
 
