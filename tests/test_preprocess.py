@@ -272,6 +272,48 @@ def test_window_intensity_keeps_absolute_hu(tmp_path):
         preprocess_case(case, "weak", {**params, "intensity": "dataset"})
 
 
+def test_preprocessing_runs_on_one_thread_whatever_the_caller_uses(tmp_path, monkeypatch):
+    """Some torch CPU kernels (bilinear resizing) round differently with another thread count: a case is
+    preprocessed on one thread, so a cache filled in-process, by a sweep's workers or by src.predict holds
+    the same bytes; the caller's thread count comes back after, also when preprocessing fails."""
+    import torch
+
+    import src.data.preprocess as pre
+    from src.data.manifest import Case
+
+    shape = (40, 40, 8)
+    msk = np.zeros(shape, np.uint8)
+    msk[12:28, 12:28, 2:6] = 1
+    img = np.random.default_rng(0).normal(40.0, 30.0, shape).astype(np.float32)
+    write_image(img, tmp_path / "i.nii.gz", (2.0, 2.0, 2.0))
+    write_image(msk, tmp_path / "m.nii.gz", (2.0, 2.0, 2.0))
+    case = Case("P1", 3, tmp_path / "i.nii.gz", tmp_path / "m.nii.gz")
+    params = {"slice_size": [56, 56], "min_tumour_voxels": 1, "weak_fov_mm": None, "window_hu": [-200.0, 300.0],
+              "intensity": "window"}
+    seen, run = [], pre.preprocess_weak
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(pre, "preprocess_weak", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = pre.preprocess_case(case, "weak", params)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        one = pre.preprocess_case(case, "weak", params)
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError):  # MONAI's wrapping of the transform's error
+            pre.preprocess_case(case, "weak", {**params, "weak_fov_mm": -1.0})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1, 1]
+    assert all(np.array_equal(two[k], one[k]) for k in two)
+
+
 def test_strong_fixed_field_of_view_keeps_the_tumour_size():
     """roi_mode=fov: a cube of roi_fov_mm whatever the tumour: a tumour twice as wide fills ~8x the ROI
     voxels; in the paper's bbox mode each fills the share its box + margin gives it (size is resized away)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 4  # part of every key: bump it when what preprocessing writes changes
+CACHE_VERSION = 5  # part of every key: bump it when what preprocessing writes changes
 RECORD = "checksums.json"
 VERIFY_MODES = ("checksum", "size")
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ range of lesion slices). The 1 mm resampling is separable (axis-aligned grid, se
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -562,6 +563,20 @@ def check_supervision(supervision: str) -> str:
     return supervision
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside, restoring the caller's count after. Some CPU kernels
+    (bilinear resizing among them) round differently with another thread count; preprocessing under a
+    fixed count writes the same arrays whether a job fills its cache in-process, a sweep's worker
+    processes do, or ``src.predict`` preprocesses one patient."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def preprocess_case(case, supervision: str, params: Mapping, tumour_label: int | None = None) -> dict[str, np.ndarray]:
     """Read one case's image and mask and preprocess them for ``supervision`` with the ``preprocess``
     config group ``params`` (every key it uses is required: the config is where the numbers live).
@@ -579,14 +594,15 @@ def preprocess_case(case, supervision: str, params: Mapping, tumour_label: int |
         raise InputError(f"preprocess.lesion must be one of {', '.join(LESION_MODES)}, got '{lesion}'")
     image, mask = read_image(case.image, case.patient_id), read_image(case.mask, case.patient_id)
     try:
-        if supervision == "strong":
-            return preprocess_strong(image, mask, size=params["roi_size"], margin_mm=params["margin_mm"],
-                                     cube=params["cube"], angles=params["angles"], tumour_label=tumour_label,
-                                     target_spacing=(float(params["spacing_mm"]),) * 3, intensity=intensity,
-                                     fov_mm=roi_fov_mm(params), lesion=lesion)
-        return preprocess_weak(image, mask, size=params["slice_size"], tumour_label=tumour_label,
-                               min_voxels=params["min_tumour_voxels"], fov_mm=params["weak_fov_mm"],
-                               intensity=intensity, lesion=lesion, slab_mm=params.get("weak_slice_mm"))
+        with one_thread():
+            if supervision == "strong":
+                return preprocess_strong(image, mask, size=params["roi_size"], margin_mm=params["margin_mm"],
+                                         cube=params["cube"], angles=params["angles"], tumour_label=tumour_label,
+                                         target_spacing=(float(params["spacing_mm"]),) * 3, intensity=intensity,
+                                         fov_mm=roi_fov_mm(params), lesion=lesion)
+            return preprocess_weak(image, mask, size=params["slice_size"], tumour_label=tumour_label,
+                                   min_voxels=params["min_tumour_voxels"], fov_mm=params["weak_fov_mm"],
+                                   intensity=intensity, lesion=lesion, slab_mm=params.get("weak_slice_mm"))
     except ValueError as exc:
         if "empty tumour mask" in str(exc):
             raise InputError("mask contains no tumour", case.patient_id, str(case.mask)) from None
