@@ -186,7 +186,7 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
             bag = with_context(torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32)),
                                arrays["slice_index"], k)[None]
             return {**_decision(tta_logits(net, bag, mode), settings["threshold"]),
-                    "slices": [{"slice_index": int(k)} for k in np.asarray(arrays["slice_index"])]}
+                    "slices": [{"slice_index": int(z)} for z in np.asarray(arrays["slice_index"])]}
         from src.callbacks.aggregation import aggregate_patient
 
         slices = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))

@@ -61,10 +61,14 @@ def test_the_datamodule_gives_each_slice_its_neighbours_and_the_network_three_ch
     assert cfg.model.net.in_channels == 5
 
 
-def test_strong_refuses_a_context(data_root):
+def test_strong_and_a_negative_count_are_refused(data_root):
     dm = compose_datamodule(["supervision=strong", "data.context_slices=1"], data_root)
     dm.prepare_data()
     with pytest.raises(ValueError, match="supervision=weak or mil"):
+        dm.setup("fit")
+    dm = compose_datamodule(["supervision=weak", "data.context_slices=-1"], data_root)
+    dm.prepare_data()
+    with pytest.raises(ValueError, match="must be 0 or more, got -1"):
         dm.setup("fit")
 
 

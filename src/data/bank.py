@@ -295,6 +295,8 @@ def build_datasets(case_arrays: list[dict], labels: list[int], splits: list[str]
     bags = supervision == "mil"
     supervision = "weak" if bags else supervision
     rows: dict[str, list] = {s: [] for s in ("fit", "val", "train", "test")}
+    if context_slices < 0:
+        raise ValueError(f"data.context_slices must be 0 or more, got {context_slices}")
     if context_slices and supervision == "strong":
         raise ValueError("data.context_slices stacks neighbouring lesion slices: supervision=weak or mil")
     parts, offset, slice_masks, context = [], 0, {}, []
