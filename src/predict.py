@@ -182,15 +182,13 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
             angles = [float(a) for a in arrays["angles"]]
             x = torch.from_numpy(np.asarray(arrays["rois"][angles.index(0.0)], dtype=np.float32))[None, None]
             return {**_decision(tta_logits(net, x, mode), settings["threshold"]), "input": x[0]}
+        slices = with_context(torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32)),
+                              arrays["slice_index"], k)  # (n, 2k + 1, H, W)
         if settings["supervision"] == "mil":  # every lesion slice as one bag: one prediction for the patient
-            bag = with_context(torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32)),
-                               arrays["slice_index"], k)[None]
-            return {**_decision(tta_logits(net, bag, mode), settings["threshold"]),
+            return {**_decision(tta_logits(net, slices[None], mode), settings["threshold"]),
                     "slices": [{"slice_index": int(z)} for z in np.asarray(arrays["slice_index"])]}
         from src.callbacks.aggregation import aggregate_patient
 
-        slices = torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32))
-        slices = with_context(slices, arrays["slice_index"], k)
         probs = torch.cat([tta_logits(net, slices[i:i + batch_size], mode).float().softmax(-1)
                            for i in range(0, len(slices), batch_size)])
         probs = probs.numpy().astype(np.float64)

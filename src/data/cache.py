@@ -205,9 +205,7 @@ def _fill_unlocked(entries: list, workers: int, progress) -> int:
 
 
 def _fill_one(args) -> None:
-    """Worker process: preprocess one case into the cache (module level: picklable for a pool)."""
-    import torch
-
+    """Worker process: preprocess one case into the cache (module level: picklable for a pool; preprocessing
+    pins itself to one thread, ``src.data.preprocess.one_thread``)."""
     cache, case, key = args
-    torch.set_num_threads(1)
     cache.arrays.save(key, cache.compute(case))
