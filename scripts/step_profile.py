@@ -46,6 +46,9 @@ def build(kind: str, dry: bool):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
+    from src.utils import resolvers
+
+    resolvers.register()  # the configs' own resolvers (${slice_channels:K}, ${if_gpu:...})
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"supervision={kind}"] + (["experiment=smoke"] if dry else []))

@@ -293,3 +293,18 @@ def test_batch_flops_is_the_jobs_network_on_a_training_batch_and_rows_set_it_aga
     assert line.startswith("40.00 GFLOP per step (5.000 per sample") and "framework 400.0 GFLOP/s" in line
     assert "20.0 % of the 2 TFLOP/s peak" in line
     assert "peak" not in dict(bench_train.rows({**t, "peak_tflops": None}))["train: arithmetic"]
+
+
+def test_step_profile_composes_the_networks_in_a_fresh_process():
+    """``scripts/step_profile.py`` (stage 4 of ``scripts/gpu_bench.sh``) composes the configs outside
+    ``src``'s import: the configs' own resolvers must be registered there, or composing fails."""
+    code = ("import sys; sys.path.insert(0, 'scripts'); import torch, step_profile\n"
+            "for kind in ('strong', 'weak'):\n"
+            "    factory, opt, shape = step_profile.build(kind, True)\n"
+            "    out = factory()(torch.zeros(2, *shape[1:]))\n"
+            "    print(kind, tuple(shape), tuple(out.shape), opt['lr'] > 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["strong", "weak"]
+    assert all(line.endswith("(2, 2) True") for line in lines), lines

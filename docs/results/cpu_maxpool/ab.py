@@ -26,6 +26,9 @@ def main(kind: str, repeats: int, profile: bool) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from src.utils import resolvers
+
+    resolvers.register()  # the configs' own resolvers (${slice_channels:K}, ${if_gpu:...})
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"supervision={kind}", "experiment=cpu_paper"])
     size = list(cfg.preprocess.roi_size if kind == "strong" else cfg.preprocess.slice_size)
