@@ -37,20 +37,84 @@ def test_same_step_same_draw_other_step_other_draw(augment_cfg):
     assert not torch.equal(a, x)
 
 
-@pytest.mark.parametrize("size", [(32, 32), (12, 12, 12)])
-def test_untracked_metadata_changes_no_value(augment_cfg, size):
-    """The batch augmentation runs MONAI without MetaTensor tracking (its speed): every value equals the
-    same Compose run sample by sample with tracking on, and the global tracking flag is left as it was."""
-    from monai.data import get_track_meta
+OFF = {"affine_prob": 0.0, "flip_prob": 0.0, "intensity_scale": 0.0, "intensity_shift": 0.0, "noise_prob": 0.0}
 
-    aug = BatchAugmentation(augment_cfg, size, seed=0)
-    x = torch.randn(8, 1, *size)
-    for step in range(6):
-        fast = aug(x, step=step)
-        assert get_track_meta() is True
-        aug.transform.set_random_state(seed=step)  # seed 0, rank 0: the per-step seed is the step
-        tracked = torch.stack([aug.transform({"image": x[i]})["image"].as_tensor() for i in range(len(x))])
-        assert torch.equal(fast, tracked), step
+
+@pytest.mark.parametrize("size", [(32, 32), (12, 12, 12)])
+def test_each_sample_is_monais_affine_of_its_drawn_matrix(augment_cfg, size):
+    """The batch is resampled at once; each sample equals MONAI's own ``Affine`` (bilinear, border) of the
+    matrix drawn for it, and MONAI's ``Rotate`` for the fixed rotations alone."""
+    import math
+
+    from monai.transforms import Affine, Rotate
+
+    cfg = {**augment_cfg, "intensity_scale": 0.0, "intensity_shift": 0.0, "noise_prob": 0.0, "affine_prob": 0.5}
+    aug = BatchAugmentation(cfg, size, seed=0)
+    x = torch.randn(12, 1, *size)
+    seed = 7  # seed 0, rank 0: the per-step seed is the step
+    out = aug(x, step=seed)
+    theta = aug.matrices(12, torch.Generator().manual_seed(seed))
+    assert not torch.equal(out, x)
+    for i in range(len(x)):
+        ref = Affine(affine=theta[i], padding_mode="border", mode="bilinear", image_only=True)(x[i])
+        assert torch.allclose(out[i], torch.as_tensor(ref), atol=1e-4), i
+    rotations = BatchAugmentation({**augment_cfg, **OFF}, size, seed=0)
+    out = rotations(x, step=seed)
+    theta = rotations.matrices(12, torch.Generator().manual_seed(seed))
+    for i in range(len(x)):
+        angle = math.atan2(float(theta[i, 1, 0]), float(theta[i, 0, 0]))
+        assert round(math.degrees(angle)) % 360 in (0, 30, 60, 90, 180)
+        about = angle if len(size) == 2 else (0.0, 0.0, angle)
+        ref = Rotate(angle=about, keep_size=True, padding_mode="border", mode="bilinear")(x[i])
+        assert torch.allclose(out[i], torch.as_tensor(ref), atol=1e-4), i
+
+
+def test_draws_follow_the_configured_ranges(augment_cfg):
+    """Over many samples: the fixed angles equally often, the affine and the flip at their probabilities,
+    jitter, zoom and shift within their bounds (2D, 32^2: the shift is up to 0.05 x 32 pixels)."""
+    import math
+
+    n, gen = 20_000, torch.Generator().manual_seed(0)
+    fixed = BatchAugmentation({**augment_cfg, **OFF}, (32, 32), seed=0).matrices(n, gen)
+    degrees = torch.rad2deg(torch.atan2(fixed[:, 1, 0], fixed[:, 0, 0])).round() % 360
+    counts = torch.stack([(degrees == a).sum() for a in (0, 30, 60, 90, 180)])
+    assert int(counts.sum()) == n and float(counts.min()) > 0.18 * n
+    flips = BatchAugmentation({**augment_cfg, **OFF, "angles_deg": [0], "flip_prob": 0.5}, (32, 32), 0)
+    det = torch.linalg.det(flips.matrices(n, gen)[:, :2, :2])
+    assert set(det.round().tolist()) == {-1.0, 1.0} and abs(float((det < 0).double().mean()) - 0.5) < 0.02
+    affine = BatchAugmentation({**augment_cfg, **OFF, "angles_deg": [0], "affine_prob": 0.5}, (32, 32), 0)
+    theta = affine.matrices(n, gen)
+    still = (theta == torch.eye(3, dtype=theta.dtype)).all(dim=(1, 2))
+    assert abs(float(still.double().mean()) - 0.5) < 0.02
+    linear = theta[~still, :2, :2]
+    zoom = torch.linalg.norm(linear, dim=1)  # columns: the rotation times each axis' zoom
+    assert float(zoom.min()) >= 0.9 - 1e-9 and float(zoom.max()) <= 1.1 + 1e-9 and float(zoom.std()) > 0.04
+    jitter = torch.rad2deg(torch.atan2(linear[:, 1, 0], linear[:, 0, 0]))
+    assert float(jitter.abs().max()) <= 10 + 1e-6 and float(jitter.abs().max()) > 9.5
+    shift = theta[~still, :2, 2]
+    assert float(shift.abs().max()) <= 0.05 * 32 + 1e-9 and float(shift.abs().max()) > 1.5
+    assert math.isclose(float(shift.mean()), 0.0, abs_tol=0.05)
+
+
+def test_intensity_draws_per_sample(augment_cfg):
+    """Without spatial transforms each sample is ``x * (1 + a) + b + noise``: a, b within their bounds,
+    noise on about ``noise_prob`` of the samples with its SD drawn uniformly up to ``noise_std``."""
+    n = 400
+    x = torch.randn(n, 1, 24, 24)
+    linear = {**augment_cfg, **OFF, "angles_deg": [0], "intensity_scale": 0.1, "intensity_shift": 0.2}
+    y = BatchAugmentation(linear, (24, 24), seed=0)(x, step=1)
+    flat_x, flat_y = x.flatten(1), y.flatten(1)
+    a = ((flat_y - flat_y.mean(1, True)) * (flat_x - flat_x.mean(1, True))).sum(1) / (
+        (flat_x - flat_x.mean(1, True)) ** 2).sum(1)
+    b = flat_y.mean(1) - a * flat_x.mean(1)
+    assert torch.allclose(flat_y, a[:, None] * flat_x + b[:, None], atol=1e-5)
+    assert 0.9 - 1e-6 <= float(a.min()) and float(a.max()) <= 1.1 + 1e-6 and float(a.std()) > 0.04
+    assert float(b.abs().max()) <= 0.2 + 1e-6 and float(b.abs().max()) > 0.18
+    noisy = {**augment_cfg, **OFF, "angles_deg": [0], "noise_prob": 0.5, "noise_std": 0.2}
+    sd = (BatchAugmentation(noisy, (24, 24), seed=0)(x, step=1) - x).flatten(1).std(1)
+    assert abs(float((sd == 0).double().mean()) - 0.5) < 0.1
+    drawn = sd[sd > 0]
+    assert float(drawn.max()) < 0.2 * 1.1 and abs(float(drawn.mean()) - 0.1) < 0.02  # uniform on [0, 0.2]
 
 
 def test_rotations_are_the_listed_ones(augment_cfg):

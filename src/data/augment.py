@@ -1,10 +1,15 @@
-"""Random augmentation of training batches (``data.augment``): MONAI dictionary transforms, seeded.
+"""Random augmentation of training batches (``data.augment``), seeded, the whole batch at once.
 
 Per sample, in this order: one rotation drawn from ``angles_deg`` (the paper's 30/60/90/180 deg, and 0)
 about the axial axis; with probability ``affine_prob`` a small random affine (rotation jitter, scale,
 translation); a left-right flip with probability ``flip_prob``; intensity scale and shift; Gaussian
-noise with probability ``noise_prob``. Intensities are the preprocessed (z-scored) values, so the
-intensity parameters are in z units. Spatial transforms pad with the border value.
+noise with probability ``noise_prob`` (its SD drawn uniformly up to ``noise_std``, as MONAI's
+``RandGaussianNoise``). Intensities are the preprocessed values, so the intensity parameters are in
+those units. The draws follow MONAI's random transforms (``Rotate``, ``RandAffine``, ``RandFlip``,
+``RandScaleIntensity``, ``RandShiftIntensity``, ``RandGaussianNoise``); the spatial ones are composed into
+one matrix per sample, so each sample is resampled once (bilinear, border padding) and the batch in one
+call of MONAI's ``AffineTransform``: a handful of tensor operations per batch, not per sample, which is
+what keeps the augmentation a small share of a training step on a CPU and few kernel launches on a GPU.
 
 Before those, weak slices can swap their background (``background_swap_prob``, :func:`swap_background`):
 everything outside the tumour (its mask dilated by ``background_margin_px``) comes from another slice of
@@ -23,45 +28,100 @@ import math
 import torch
 
 
-def build_transform(cfg: dict, size):
-    """The MONAI ``Compose`` of ``cfg`` (the ``data.augment`` group) for images of spatial ``size``
-    (2D slices or 3D ROIs); ``translate`` is a fraction of each side. ``strength`` scales every
-    magnitude (rotation jitter, scale, translation, intensity scale and shift, noise SD), not the
-    probabilities nor the fixed rotation angles: one knob for a search (1 = as configured)."""
-    from monai.transforms import (
-        Compose,
-        Identityd,
-        OneOf,
-        RandAffined,
-        RandFlipd,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-        Rotated,
-    )
+def _rotation(angle: torch.Tensor, dims: int) -> torch.Tensor:
+    """``(N, dims, dims)`` rotations by ``angle`` (radians) in the plane of the first two array axes: about
+    the axial axis (2D slices are that plane; 3D arrays are (x, y, z))."""
+    rot = torch.eye(dims, dtype=angle.dtype).repeat(len(angle), 1, 1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = cos, -sin, sin, cos
+    return rot
 
-    spatial_dims = len(size)
 
-    def about_axial(rad: float):
-        return rad if spatial_dims == 2 else (0.0, 0.0, rad)  # 3D arrays are (x, y, z): z is axial
+class BatchAugmentation:
+    """Augments a batch of images ``(N, 1, *spatial)``, after :func:`swap_background` when
+    ``background_swap_prob`` > 0 (weak slices; the call then needs ``masks``). ``translate`` is a fraction
+    of each side. ``strength`` scales every magnitude (rotation jitter, scale, translation, intensity scale
+    and shift, noise SD), not the probabilities nor the fixed rotation angles: one knob for a search
+    (1 = as configured)."""
 
-    rotations = [Identityd(keys="image") if float(a) == 0.0 else
-                 Rotated(keys="image", angle=about_axial(math.radians(float(a))), keep_size=True,
-                         padding_mode="border", mode="bilinear")
-                 for a in cfg["angles_deg"]]
-    k = float(cfg.get("strength", 1.0))
-    jitter = math.radians(float(cfg["rotate_jitter_deg"]) * k)
-    return Compose([
-        OneOf(rotations),
-        RandAffined(keys="image", prob=float(cfg["affine_prob"]), rotate_range=about_axial(jitter),
-                    scale_range=[float(cfg["scale"]) * k] * spatial_dims,
-                    translate_range=[float(cfg["translate"]) * k * int(n) for n in size],
-                    padding_mode="border", mode="bilinear"),
-        RandFlipd(keys="image", prob=float(cfg["flip_prob"]), spatial_axis=0),
-        RandScaleIntensityd(keys="image", factors=float(cfg["intensity_scale"]) * k, prob=1.0),
-        RandShiftIntensityd(keys="image", offsets=float(cfg["intensity_shift"]) * k, prob=1.0),
-        RandGaussianNoised(keys="image", prob=float(cfg["noise_prob"]), std=float(cfg["noise_std"]) * k),
-    ])
+    def __init__(self, cfg: dict, size, seed: int):
+        from monai.networks.layers import AffineTransform
+
+        self.size, self.seed = tuple(int(n) for n in size), int(seed)
+        k = float(cfg.get("strength", 1.0))
+        self.angles = torch.tensor([math.radians(float(a)) for a in cfg["angles_deg"]], dtype=torch.float64)
+        self.jitter = math.radians(float(cfg["rotate_jitter_deg"]) * k)
+        self.affine_prob, self.flip_prob = float(cfg["affine_prob"]), float(cfg["flip_prob"])
+        self.scale = float(cfg["scale"]) * k
+        self.translate_px = torch.tensor([float(cfg["translate"]) * k * n for n in self.size], dtype=torch.float64)
+        self.intensity_scale = float(cfg["intensity_scale"]) * k
+        self.intensity_shift = float(cfg["intensity_shift"]) * k
+        self.noise_prob, self.noise_std = float(cfg["noise_prob"]), float(cfg["noise_std"]) * k
+        self.swap_prob = float(cfg.get("background_swap_prob") or 0.0)
+        self.swap_margin = int(cfg.get("background_margin_px") or 0)
+        # pull-direction matrices on array indices (scipy's convention), made to act about the array's
+        # centre by conjugating with a shift to it, as MONAI's ``Affine`` transform does
+        self.resample = AffineTransform(normalized=False, reverse_indexing=True, zero_centered=False,
+                                        mode="bilinear", padding_mode="border", align_corners=False)
+        self.centre = torch.eye(len(self.size) + 1, dtype=torch.float64)
+        self.centre[:-1, -1] = torch.tensor([(n - 1) / 2 for n in self.size], dtype=torch.float64)
+
+    def matrices(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``(n, d + 1, d + 1)`` float64: for each sample, the output voxel -> input voxel map (centred
+        coordinates) of its rotation, random affine and flip, drawn from ``generator``."""
+        dims = len(self.size)
+
+        def uniform(*shape, bound: float) -> torch.Tensor:
+            return (2 * torch.rand(*shape, generator=generator, dtype=torch.float64) - 1) * bound
+
+        pick = torch.randint(len(self.angles), (n,), generator=generator)
+        affine = torch.rand(n, generator=generator, dtype=torch.float64) < self.affine_prob
+        jitter, scale = uniform(n, bound=self.jitter), 1 + uniform(n, dims, bound=self.scale)
+        shift = uniform(n, dims, bound=1.0) * self.translate_px
+        flip = torch.rand(n, generator=generator, dtype=torch.float64) < self.flip_prob
+        # the fixed rotation, then (where drawn) rotation jitter, translation and zoom, then the flip
+        linear = _rotation(self.angles[pick], dims)
+        random = _rotation(torch.where(affine, jitter, 0.0), dims) @ torch.diag_embed(
+            torch.where(affine[:, None], scale, 1.0))
+        mirror = torch.ones(n, dims, dtype=torch.float64)
+        mirror[:, 0] = torch.where(flip, -1.0, 1.0)
+        out = torch.eye(dims + 1, dtype=torch.float64).repeat(n, 1, 1)
+        out[:, :dims, :dims] = linear @ random @ torch.diag_embed(mirror)
+        out[:, :dims, dims] = (linear @ torch.where(affine[:, None], shift, 0.0)[..., None])[..., 0]
+        return out
+
+    def on_indices(self, theta: torch.Tensor) -> torch.Tensor:
+        """Centred-coordinate maps ``theta`` as maps of array indices (about the array's centre)."""
+        return self.centre @ theta @ torch.linalg.inv(self.centre)
+
+    def __call__(self, images: torch.Tensor, step: int, rank: int = 0,
+                 masks: torch.Tensor | None = None) -> torch.Tensor:
+        seed = (self.seed * 1_000_003 + rank * 7_919 + int(step)) % 2**32
+        generator = torch.Generator().manual_seed(seed)
+        x = images.float()
+        n = len(x)
+        if self.swap_prob > 0:
+            if masks is None:
+                raise ValueError("data.augment.background_swap_prob > 0 needs the batch's tumour masks")
+            x = swap_background(x, masks.bool(), self.swap_prob, self.swap_margin, generator)
+        theta = self.matrices(n, generator)
+        moved = ~(theta == torch.eye(theta.shape[-1], dtype=theta.dtype)).all(dim=(1, 2))
+        if bool(moved.any()):  # a sample whose map is the identity keeps its values exactly
+            idx = moved.nonzero()[:, 0].to(x.device)
+            on_indices = self.on_indices(theta[moved]).to(x.device, torch.float32)
+            x = x.index_copy(0, idx, self.resample(x.index_select(0, idx), on_indices, spatial_size=self.size))
+        lead = (n,) + (1,) * (x.dim() - 1)
+        factor = 1 + (2 * torch.rand(n, generator=generator) - 1) * self.intensity_scale
+        offset = (2 * torch.rand(n, generator=generator) - 1) * self.intensity_shift
+        sd = torch.rand(n, generator=generator) * self.noise_std
+        sd = torch.where(torch.rand(n, generator=generator) < self.noise_prob, sd, 0.0)
+        # the noise is drawn where the batch is (no host-to-device copy of a batch of noise)
+        noise_seed = int(torch.randint(2**62, (1,), generator=generator))
+        noise = torch.randn(x.shape, generator=torch.Generator(device=x.device).manual_seed(noise_seed),
+                            device=x.device)
+        x = x * factor.to(x.device).view(lead) + offset.to(x.device).view(lead)
+        x = x + noise * sd.to(x.device).view(lead)
+        return x.to(images.dtype)
 
 
 def swap_background(images: torch.Tensor, masks: torch.Tensor, prob: float, margin_px: int,
@@ -84,36 +144,3 @@ def swap_background(images: torch.Tensor, masks: torch.Tensor, prob: float, marg
     donor, chosen = donor.to(images.device), chosen.to(images.device)
     take = chosen[:, None, None, None] & ~keep & ~keep[donor]
     return torch.where(take, images[donor], images)
-
-
-class BatchAugmentation:
-    """Augments a batch of images ``(N, 1, *spatial)`` sample by sample with :func:`build_transform`, after
-    :func:`swap_background` when ``background_swap_prob`` > 0 (weak slices; the call then needs ``masks``)."""
-
-    def __init__(self, cfg: dict, size, seed: int):
-        self.size, self.seed = tuple(int(n) for n in size), int(seed)
-        self.transform = build_transform(cfg, self.size)
-        self.swap_prob = float(cfg.get("background_swap_prob") or 0.0)
-        self.swap_margin = int(cfg.get("background_margin_px") or 0)
-
-    def __call__(self, images: torch.Tensor, step: int, rank: int = 0,
-                 masks: torch.Tensor | None = None) -> torch.Tensor:
-        from monai.data import get_track_meta, set_track_meta
-
-        seed = (self.seed * 1_000_003 + rank * 7_919 + int(step)) % 2**32
-        self.transform.set_random_state(seed=seed)
-        x = images.float()
-        if self.swap_prob > 0:
-            if masks is None:
-                raise ValueError("data.augment.background_swap_prob > 0 needs the batch's tumour masks")
-            x = swap_background(x, masks.bool(), self.swap_prob, self.swap_margin,
-                                torch.Generator().manual_seed(seed))
-        # plain tensors in and out: MONAI's MetaTensor bookkeeping (an affine and a transform history per
-        # sample) is most of a batch's cost here and nothing reads it; the arithmetic is the same
-        tracked = get_track_meta()
-        set_track_meta(False)
-        try:
-            out = [self.transform({"image": x[i]})["image"] for i in range(len(x))]
-        finally:
-            set_track_meta(tracked)
-        return torch.stack([torch.as_tensor(o) for o in out]).to(images.dtype)
