@@ -69,6 +69,23 @@ def test_each_sample_is_monais_affine_of_its_drawn_matrix(augment_cfg, size):
         assert torch.allclose(out[i], torch.as_tensor(ref), atol=1e-4), i
 
 
+@pytest.mark.parametrize("size", [(32, 32), (12, 12, 12)])
+def test_sample_by_sample_runs_monai_untracked(augment_cfg, size):
+    """``batched: false`` runs MONAI's dictionary transforms without MetaTensor tracking (its speed): every
+    value equals the same Compose run sample by sample with tracking on, and the global flag is left as it was."""
+    from monai.data import get_track_meta
+
+    aug = BatchAugmentation({**augment_cfg, "batched": False}, size, seed=0)
+    x = torch.randn(8, 1, *size)
+    assert not torch.equal(aug(x, step=1), BatchAugmentation(augment_cfg, size, seed=0)(x, step=1))
+    for step in range(6):
+        fast = aug(x, step=step)
+        assert get_track_meta() is True
+        aug.transform.set_random_state(seed=step)  # seed 0, rank 0: the per-step seed is the step
+        tracked = torch.stack([aug.transform({"image": x[i]})["image"].as_tensor() for i in range(len(x))])
+        assert torch.equal(fast, tracked), step
+
+
 def test_draws_follow_the_configured_ranges(augment_cfg):
     """Over many samples: the fixed angles equally often, the affine and the flip at their probabilities,
     jitter, zoom and shift within their bounds (2D, 32^2: the shift is up to 0.05 x 32 pixels)."""

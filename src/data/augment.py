@@ -10,6 +10,8 @@ those units. The draws follow MONAI's random transforms (``Rotate``, ``RandAffin
 one matrix per sample, so each sample is resampled once (bilinear, border padding) and the batch in one
 call of MONAI's ``AffineTransform``: a handful of tensor operations per batch, not per sample, which is
 what keeps the augmentation a small share of a training step on a CPU and few kernel launches on a GPU.
+``batched: false`` runs the same steps as MONAI dictionary transforms, sample by sample
+(:func:`build_transform`).
 
 Before those, weak slices can swap their background (``background_swap_prob``, :func:`swap_background`):
 everything outside the tumour (its mask dilated by ``background_margin_px``) comes from another slice of
@@ -37,12 +39,55 @@ def _rotation(angle: torch.Tensor, dims: int) -> torch.Tensor:
     return rot
 
 
+def build_transform(cfg: dict, size):
+    """The MONAI ``Compose`` of ``cfg`` (the ``data.augment`` group) for images of spatial ``size``
+    (2D slices or 3D ROIs); ``translate`` is a fraction of each side. ``strength`` scales every
+    magnitude (rotation jitter, scale, translation, intensity scale and shift, noise SD), not the
+    probabilities nor the fixed rotation angles: one knob for a search (1 = as configured)."""
+    from monai.transforms import (
+        Compose,
+        Identityd,
+        OneOf,
+        RandAffined,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        Rotated,
+    )
+
+    spatial_dims = len(size)
+
+    def about_axial(rad: float):
+        return rad if spatial_dims == 2 else (0.0, 0.0, rad)  # 3D arrays are (x, y, z): z is axial
+
+    rotations = [Identityd(keys="image") if float(a) == 0.0 else
+                 Rotated(keys="image", angle=about_axial(math.radians(float(a))), keep_size=True,
+                         padding_mode="border", mode="bilinear")
+                 for a in cfg["angles_deg"]]
+    k = float(cfg.get("strength", 1.0))
+    jitter = math.radians(float(cfg["rotate_jitter_deg"]) * k)
+    return Compose([
+        OneOf(rotations),
+        RandAffined(keys="image", prob=float(cfg["affine_prob"]), rotate_range=about_axial(jitter),
+                    scale_range=[float(cfg["scale"]) * k] * spatial_dims,
+                    translate_range=[float(cfg["translate"]) * k * int(n) for n in size],
+                    padding_mode="border", mode="bilinear"),
+        RandFlipd(keys="image", prob=float(cfg["flip_prob"]), spatial_axis=0),
+        RandScaleIntensityd(keys="image", factors=float(cfg["intensity_scale"]) * k, prob=1.0),
+        RandShiftIntensityd(keys="image", offsets=float(cfg["intensity_shift"]) * k, prob=1.0),
+        RandGaussianNoised(keys="image", prob=float(cfg["noise_prob"]), std=float(cfg["noise_std"]) * k),
+    ])
+
+
 class BatchAugmentation:
     """Augments a batch of images ``(N, 1, *spatial)``, after :func:`swap_background` when
     ``background_swap_prob`` > 0 (weak slices; the call then needs ``masks``). ``translate`` is a fraction
     of each side. ``strength`` scales every magnitude (rotation jitter, scale, translation, intensity scale
     and shift, noise SD), not the probabilities nor the fixed rotation angles: one knob for a search
-    (1 = as configured)."""
+    (1 = as configured). ``batched: false`` runs :func:`build_transform`'s MONAI dictionary transforms
+    sample by sample instead: the same kinds of draws from another random stream, the reference to extend
+    with any other MONAI transform (at several times the cost per batch)."""
 
     def __init__(self, cfg: dict, size, seed: int):
         from monai.networks.layers import AffineTransform
@@ -59,6 +104,7 @@ class BatchAugmentation:
         self.noise_prob, self.noise_std = float(cfg["noise_prob"]), float(cfg["noise_std"]) * k
         self.swap_prob = float(cfg.get("background_swap_prob") or 0.0)
         self.swap_margin = int(cfg.get("background_margin_px") or 0)
+        self.transform = None if cfg.get("batched", True) else build_transform(cfg, self.size)
         # pull-direction matrices on array indices (scipy's convention), made to act about the array's
         # centre by conjugating with a shift to it, as MONAI's ``Affine`` transform does
         self.resample = AffineTransform(normalized=False, reverse_indexing=True, zero_centered=False,
@@ -99,14 +145,20 @@ class BatchAugmentation:
         seed = (self.seed * 1_000_003 + rank * 7_919 + int(step)) % 2**32
         generator = torch.Generator().manual_seed(seed)
         x = images.float()
-        n = len(x)
         if self.swap_prob > 0:
             if masks is None:
                 raise ValueError("data.augment.background_swap_prob > 0 needs the batch's tumour masks")
             x = swap_background(x, masks.bool(), self.swap_prob, self.swap_margin, generator)
+        x = self.batch(x, generator) if self.transform is None else self.sample_by_sample(x, seed)
+        return x.to(images.dtype)
+
+    def batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The float batch ``x`` resampled once (samples whose map is the identity keep their values
+        exactly), then its intensities scaled, shifted and made noisy, every draw from ``generator``."""
+        n = len(x)
         theta = self.matrices(n, generator)
         moved = ~(theta == torch.eye(theta.shape[-1], dtype=theta.dtype)).all(dim=(1, 2))
-        if bool(moved.any()):  # a sample whose map is the identity keeps its values exactly
+        if bool(moved.any()):
             idx = moved.nonzero()[:, 0].to(x.device)
             on_indices = self.on_indices(theta[moved]).to(x.device, torch.float32)
             x = x.index_copy(0, idx, self.resample(x.index_select(0, idx), on_indices, spatial_size=self.size))
@@ -120,8 +172,22 @@ class BatchAugmentation:
         noise = torch.randn(x.shape, generator=torch.Generator(device=x.device).manual_seed(noise_seed),
                             device=x.device)
         x = x * factor.to(x.device).view(lead) + offset.to(x.device).view(lead)
-        x = x + noise * sd.to(x.device).view(lead)
-        return x.to(images.dtype)
+        return x + noise * sd.to(x.device).view(lead)
+
+    def sample_by_sample(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """``batched: false``: :func:`build_transform`'s ``Compose`` on each sample, seeded with ``seed``."""
+        from monai.data import get_track_meta, set_track_meta
+
+        self.transform.set_random_state(seed=seed)
+        # plain tensors in and out: MONAI's MetaTensor bookkeeping (an affine and a transform history per
+        # sample) is most of a batch's cost here and nothing reads it; the arithmetic is the same
+        tracked = get_track_meta()
+        set_track_meta(False)
+        try:
+            out = [self.transform({"image": x[i]})["image"] for i in range(len(x))]
+        finally:
+            set_track_meta(tracked)
+        return torch.stack([torch.as_tensor(o) for o in out])
 
 
 def swap_background(images: torch.Tensor, masks: torch.Tensor, prob: float, margin_px: int,
