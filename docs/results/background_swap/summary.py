@@ -1,5 +1,5 @@
 """Summarise runs.csv (written by ../weak_localisation/collect.py) by recipe: each seed's test AUC,
-AUC / oracle, train-test gap and Grad-CAM ratio / pointing, their mean +- SD, and the paired
+AUC / oracle, train-test gap and (weak, mil) Grad-CAM ratio / pointing, their mean +- SD, and the paired
 difference of each recipe from BASE (default `base`) over the seeds both have (mean, 95 % t-interval).
 
     python docs/results/background_swap/summary.py runs.csv [BASE]
@@ -15,10 +15,11 @@ t = pd.read_csv(sys.argv[1])
 t[["recipe", "seed"]] = t["job"].str.extract(r"^(.*)_s(\d+)$")
 t["auc_over_oracle"] = t.test_auc / t.oracle_auc
 t["gap"] = t.train_auc - t.test_auc
-t["cam_ratio"] = t.cam_in_tumour / t.cam_chance
-t["cam_ratio_largest"] = t.cam_in_tumour_largest / t.cam_chance_largest
-cols = ["test_auc", "auc_over_oracle", "gap", "cam_ratio", "cam_pointing", "cam_ratio_largest",
-        "cam_pointing_largest"]
+cols = ["test_auc", "auc_over_oracle", "gap"]
+if "cam_in_tumour" in t:  # weak and mil jobs; strong ones score no Grad-CAM
+    t["cam_ratio"] = t.cam_in_tumour / t.cam_chance
+    t["cam_ratio_largest"] = t.cam_in_tumour_largest / t.cam_chance_largest
+    cols += ["cam_ratio", "cam_pointing", "cam_ratio_largest", "cam_pointing_largest"]
 print(t[["recipe", "seed", *cols]].sort_values(["recipe", "seed"]).round(3).to_string(index=False))
 print("\nmean +- SD over seeds")
 g = t.groupby("recipe")[cols]
