@@ -241,3 +241,28 @@ def test_background_swap_is_refused_without_slice_masks(tmp_path):
     with pytest.raises(ValueError, match="needs the batch's tumour masks"):
         BatchAugmentation({**STILL, "rotate_jitter_deg": 0.0, "scale": 0.0, "translate": 0.0, "noise_std": 0.0,
                            "background_swap_prob": 0.5}, (8, 8), seed=0)(torch.zeros(2, 1, 8, 8), step=0)
+
+
+def test_the_batched_path_dispatches_the_same_operations_whatever_the_batch_size(augment_cfg):
+    """No loop over samples: a batch of 4 and one of 32 dispatch the same number of ATen operations (on a GPU
+    each is a kernel launch), where MONAI's transforms sample by sample dispatch several per sample."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    def ops(batched: bool, n: int) -> int:
+        aug = BatchAugmentation({**augment_cfg, "batched": batched, "affine_prob": 1.0}, (16, 16), seed=0)
+        x = torch.randn(n, 1, 16, 16)
+        with Count() as count:
+            aug(x, step=1)
+        return count.n
+
+    assert ops(True, 4) == ops(True, 32)
+    assert ops(False, 32) > ops(False, 4) + 28 * 3
