@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from src.callbacks.checkpoint import first_candidate_epoch
 from src.train import train
 
 
@@ -39,7 +40,11 @@ def test_fit_and_test_write_predictions_and_metrics(cfg_factory, tmp_path, super
     per_epoch = curves.dropna(subset=["val_loss"]).set_index("epoch")
     best = next(p for p in (out / "checkpoints").glob("epoch*.ckpt"))
     epoch, auc = int(best.name[5:8]), float(best.stem.split("val_auc")[1])
-    assert auc == pytest.approx(per_epoch["val_auc"].max(), abs=1e-4) and per_epoch["val_auc"][epoch] == auc
+    # the best of the selection window's epochs (an earlier epoch may have scored higher)
+    first = first_candidate_epoch(cfg.callbacks.model_checkpoint.select_from, cfg.trainer.max_epochs)
+    window = per_epoch.loc[per_epoch.index >= first, "val_auc"]
+    assert epoch >= first and len(window) == cfg.trainer.max_epochs - first
+    assert auc == pytest.approx(window.max(), abs=1e-4) and per_epoch["val_auc"][epoch] == auc
     assert ("val_slice_auc" in curves) == (supervision == "weak")
     val = pd.read_csv(out / "predictions" / "val.csv", dtype={"patient_id": str})
     assert len(val) == saved["n_val"] == 20 - 6 - 11 and set(val.patient_id) <= set(train_.patient_id)
