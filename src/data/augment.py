@@ -39,11 +39,20 @@ def _rotation(angle: torch.Tensor, dims: int) -> torch.Tensor:
     return rot
 
 
+MAGNITUDES = ("rotate_jitter_deg", "scale", "translate", "intensity_scale", "intensity_shift", "noise_std")
+
+
+def magnitudes(cfg: dict) -> dict[str, float]:
+    """The ``MAGNITUDES`` of ``cfg`` (the ``data.augment`` group) times its ``strength``: one knob for a
+    search (1 = as configured) that scales no probability and no fixed rotation angle."""
+    k = float(cfg.get("strength", 1.0))
+    return {key: float(cfg[key]) * k for key in MAGNITUDES}
+
+
 def build_transform(cfg: dict, size):
     """The MONAI ``Compose`` of ``cfg`` (the ``data.augment`` group) for images of spatial ``size``
-    (2D slices or 3D ROIs); ``translate`` is a fraction of each side. ``strength`` scales every
-    magnitude (rotation jitter, scale, translation, intensity scale and shift, noise SD), not the
-    probabilities nor the fixed rotation angles: one knob for a search (1 = as configured)."""
+    (2D slices or 3D ROIs); ``translate`` is a fraction of each side; the magnitudes scaled by
+    :func:`magnitudes`."""
     from monai.transforms import (
         Compose,
         Identityd,
@@ -65,43 +74,41 @@ def build_transform(cfg: dict, size):
                  Rotated(keys="image", angle=about_axial(math.radians(float(a))), keep_size=True,
                          padding_mode="border", mode="bilinear")
                  for a in cfg["angles_deg"]]
-    k = float(cfg.get("strength", 1.0))
-    jitter = math.radians(float(cfg["rotate_jitter_deg"]) * k)
+    m = magnitudes(cfg)
     return Compose([
         OneOf(rotations),
-        RandAffined(keys="image", prob=float(cfg["affine_prob"]), rotate_range=about_axial(jitter),
-                    scale_range=[float(cfg["scale"]) * k] * spatial_dims,
-                    translate_range=[float(cfg["translate"]) * k * int(n) for n in size],
+        RandAffined(keys="image", prob=float(cfg["affine_prob"]),
+                    rotate_range=about_axial(math.radians(m["rotate_jitter_deg"])),
+                    scale_range=[m["scale"]] * spatial_dims,
+                    translate_range=[m["translate"] * int(n) for n in size],
                     padding_mode="border", mode="bilinear"),
         RandFlipd(keys="image", prob=float(cfg["flip_prob"]), spatial_axis=0),
-        RandScaleIntensityd(keys="image", factors=float(cfg["intensity_scale"]) * k, prob=1.0),
-        RandShiftIntensityd(keys="image", offsets=float(cfg["intensity_shift"]) * k, prob=1.0),
-        RandGaussianNoised(keys="image", prob=float(cfg["noise_prob"]), std=float(cfg["noise_std"]) * k),
+        RandScaleIntensityd(keys="image", factors=m["intensity_scale"], prob=1.0),
+        RandShiftIntensityd(keys="image", offsets=m["intensity_shift"], prob=1.0),
+        RandGaussianNoised(keys="image", prob=float(cfg["noise_prob"]), std=m["noise_std"]),
     ])
 
 
 class BatchAugmentation:
     """Augments a batch of images ``(N, 1, *spatial)``, after :func:`swap_background` when
     ``background_swap_prob`` > 0 (weak slices; the call then needs ``masks``). ``translate`` is a fraction
-    of each side. ``strength`` scales every magnitude (rotation jitter, scale, translation, intensity scale
-    and shift, noise SD), not the probabilities nor the fixed rotation angles: one knob for a search
-    (1 = as configured). ``batched: false`` runs :func:`build_transform`'s MONAI dictionary transforms
-    sample by sample instead: the same kinds of draws from another random stream, the reference to extend
-    with any other MONAI transform (at several times the cost per batch)."""
+    of each side; the magnitudes are scaled by :func:`magnitudes`. ``batched: false`` runs
+    :func:`build_transform`'s MONAI dictionary transforms sample by sample instead: the same kinds of draws
+    from another random stream, the reference to extend with any other MONAI transform (at several times
+    the cost per batch)."""
 
     def __init__(self, cfg: dict, size, seed: int):
         from monai.networks.layers import AffineTransform
 
         self.size, self.seed = tuple(int(n) for n in size), int(seed)
-        k = float(cfg.get("strength", 1.0))
+        m = magnitudes(cfg)
         self.angles = torch.tensor([math.radians(float(a)) for a in cfg["angles_deg"]], dtype=torch.float64)
-        self.jitter = math.radians(float(cfg["rotate_jitter_deg"]) * k)
+        self.jitter = math.radians(m["rotate_jitter_deg"])
         self.affine_prob, self.flip_prob = float(cfg["affine_prob"]), float(cfg["flip_prob"])
-        self.scale = float(cfg["scale"]) * k
-        self.translate_px = torch.tensor([float(cfg["translate"]) * k * n for n in self.size], dtype=torch.float64)
-        self.intensity_scale = float(cfg["intensity_scale"]) * k
-        self.intensity_shift = float(cfg["intensity_shift"]) * k
-        self.noise_prob, self.noise_std = float(cfg["noise_prob"]), float(cfg["noise_std"]) * k
+        self.scale = m["scale"]
+        self.translate_px = torch.tensor([m["translate"] * n for n in self.size], dtype=torch.float64)
+        self.intensity_scale, self.intensity_shift = m["intensity_scale"], m["intensity_shift"]
+        self.noise_prob, self.noise_std = float(cfg["noise_prob"]), m["noise_std"]
         self.swap_prob = float(cfg.get("background_swap_prob") or 0.0)
         self.swap_margin = int(cfg.get("background_margin_px") or 0)
         self.transform = None if cfg.get("batched", True) else build_transform(cfg, self.size)
@@ -111,6 +118,7 @@ class BatchAugmentation:
                                         mode="bilinear", padding_mode="border", align_corners=False)
         self.centre = torch.eye(len(self.size) + 1, dtype=torch.float64)
         self.centre[:-1, -1] = torch.tensor([(n - 1) / 2 for n in self.size], dtype=torch.float64)
+        self.uncentre = torch.linalg.inv(self.centre)
 
     def matrices(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``(n, d + 1, d + 1)`` float64: for each sample, the output voxel -> input voxel map (centred
@@ -138,7 +146,7 @@ class BatchAugmentation:
 
     def on_indices(self, theta: torch.Tensor) -> torch.Tensor:
         """Centred-coordinate maps ``theta`` as maps of array indices (about the array's centre)."""
-        return self.centre @ theta @ torch.linalg.inv(self.centre)
+        return self.centre @ theta @ self.uncentre
 
     def __call__(self, images: torch.Tensor, step: int, rank: int = 0,
                  masks: torch.Tensor | None = None) -> torch.Tensor:
