@@ -60,3 +60,28 @@ def test_manifest_data_requires_a_path(cfg_factory):
     cfg = cfg_factory("data=manifest", "data.source.manifest=/some/manifest.csv")
     assert cfg.data.source.manifest == "/some/manifest.csv"
     assert cfg.data.source._target_ == "src.data.sources.ManifestSource"  # no synthetic cohort behind it
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_paper_trains_weak_in_bf16_only_where_the_cpu_computes_it(tmp_path, data_root, monkeypatch, native):
+    """``experiment=cpu_paper``: the weak 2D network in bf16 autocast and channels-last on a CPU with
+    bfloat16 hardware (AVX512-BF16 or AMX), float32 in the default layout elsewhere; strong and mil in
+    float32 on any CPU; every supervision as ``trainer=gpu`` sets it on a GPU."""
+    import torch
+
+    from src.callbacks.speed import NetworkSpeed
+    from src.train import instantiate_callbacks
+    from tests.conftest import compose_cfg
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": native, "avx512_bf16": False})
+    for supervision in ("weak", "strong", "mil"):
+        for trainer in ("cpu", "gpu"):
+            cfg = compose_cfg(["experiment=cpu_paper", f"supervision={supervision}", f"trainer={trainer}"],
+                              tmp_path / "job", data_root)
+            fast = trainer == "gpu" or (native and supervision == "weak")
+            assert cfg.trainer.precision == ("bf16-mixed" if fast else "32-true"), (supervision, trainer)
+            speed = next(c for c in instantiate_callbacks(cfg) if isinstance(c, NetworkSpeed))
+            assert speed.channels_last is fast and speed.dims == (2,), (supervision, trainer)
+    cfg = compose_cfg(["experiment=cpu_paper", "supervision=weak", "cpu_speed.weak.precision=32-true",
+                       "cpu_speed.weak.channels_last=false"], tmp_path / "job", data_root)
+    assert cfg.trainer.precision == "32-true" and cfg.callbacks.speed.channels_last is False
