@@ -168,8 +168,23 @@ def _decision(logits, threshold: float) -> dict:
     return {"prob_high": prob, "pred": int(decide(prob, threshold)), "threshold": threshold}
 
 
+def cpu_bf16_job(job_dir: Path) -> bool:
+    """Whether the job trained and tested on a CPU under bf16 autocast, as its ``config_resolved.yaml`` (the
+    settings resolved on the machine it ran on) records. Its test predictions were computed that way, so
+    inference does the same to give the same P(high); float32 would differ by up to ~2e-3. Jobs trained on a
+    GPU, and jobs without that file, are predicted in float32 (a CPU does not reproduce GPU bf16 kernels)."""
+    from src.utils.runtime import RESOLVED_CONFIG
+
+    resolved = job_dir / RESOLVED_CONFIG
+    if not resolved.is_file():
+        return False
+    trainer = OmegaConf.select(OmegaConf.load(resolved), "trainer", default={}) or {}
+    return str(trainer.get("accelerator")) == "cpu" and str(trainer.get("precision", "")).startswith("bf16")
+
+
 def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> dict:
-    """Patient-level result from preprocessed arrays."""
+    """Patient-level result from preprocessed arrays; the network's outputs under CPU bf16 autocast when
+    ``settings["cpu_bf16"]`` (the job's own test precision, ``cpu_bf16_job``)."""
     import numpy as np
     import torch
 
@@ -177,20 +192,24 @@ def predict_arrays(net, settings: dict, arrays: dict, batch_size: int = 64) -> d
     from src.models.tta import tta_logits
 
     mode, k = settings["tta"], int(settings.get("context_slices", 0))
+
+    def logits(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(settings.get("cpu_bf16"))):
+            return tta_logits(net, x, mode).float()
+
     with torch.no_grad():
         if settings["supervision"] == "strong":
             angles = [float(a) for a in arrays["angles"]]
             x = torch.from_numpy(np.asarray(arrays["rois"][angles.index(0.0)], dtype=np.float32))[None, None]
-            return {**_decision(tta_logits(net, x, mode), settings["threshold"]), "input": x[0]}
+            return {**_decision(logits(x), settings["threshold"]), "input": x[0]}
         slices = with_context(torch.from_numpy(np.asarray(arrays["slices"], dtype=np.float32)),
                               arrays["slice_index"], k)  # (n, 2k + 1, H, W)
         if settings["supervision"] == "mil":  # every lesion slice as one bag: one prediction for the patient
-            return {**_decision(tta_logits(net, slices[None], mode), settings["threshold"]),
+            return {**_decision(logits(slices[None]), settings["threshold"]),
                     "slices": [{"slice_index": int(z)} for z in np.asarray(arrays["slice_index"])]}
         from src.callbacks.aggregation import aggregate_patient
 
-        probs = torch.cat([tta_logits(net, slices[i:i + batch_size], mode).float().softmax(-1)
-                           for i in range(0, len(slices), batch_size)])
+        probs = torch.cat([logits(slices[i:i + batch_size]).softmax(-1) for i in range(0, len(slices), batch_size)])
         probs = probs.numpy().astype(np.float64)
         probs /= probs.sum(1, keepdims=True)
         width = int(settings["preprocess"]["slice_size"][-1])
@@ -247,7 +266,7 @@ def checkpoint_list(ckpt_path) -> list:
 
 def _member(ckpt_path) -> dict:
     ckpt, job_dir = resolve_checkpoint(ckpt_path)
-    return {"ckpt": ckpt, "settings": job_settings(load_job_config(job_dir))}
+    return {"ckpt": ckpt, "settings": {**job_settings(load_job_config(job_dir)), "cpu_bf16": cpu_bf16_job(job_dir)}}
 
 
 def _check_ensemble(members: list[dict]) -> None:

@@ -46,6 +46,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from src.utils.precision import check_trainer_precision
 
         check_trainer_precision(trainer, model.net)  # before any data is read or logged
+    if trainer.is_global_zero:
+        runtime.save_resolved_config(cfg, Path(cfg.paths.output_dir))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

@@ -219,3 +219,30 @@ def test_command_line_ensemble(strong_job, cohort, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "ensemble of 2 strong models" in res.stdout
     assert len(json.loads((tmp_path / "out" / "ENS.json").read_text())["members"]) == 2
+
+
+def test_a_job_trained_in_cpu_bf16_is_predicted_as_it_was_tested(tmp_path, cohort):
+    """A job whose resolved config records CPU bf16 autocast (``experiment=cpu_paper``'s weak model on a CPU
+    with bfloat16 hardware) is predicted under the same autocast, as its test step computed; without that
+    record, or trained on a GPU, in float32."""
+    from src.predict import cpu_bf16_job
+    from src.utils.runtime import save_resolved_config
+
+    ckpt = make_job(tmp_path / "weak", "weak", 3, "callbacks.predictions.aggregation.method=mean")
+    job = ckpt.parent.parent
+    image, mask = cohort / "images" / "SYN0003_CMP.nii.gz", cohort / "masks" / "SYN0003_mask.nii.gz"
+    plain = predict(ckpt, image, mask)
+    assert not cpu_bf16_job(job)
+    cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+    for accelerator, expected in (("gpu", False), ("cpu", True)):
+        cfg.trainer.accelerator, cfg.trainer.precision = accelerator, "bf16-mixed"
+        save_resolved_config(cfg, job)
+        assert "${" not in (job / "config_resolved.yaml").read_text() and cpu_bf16_job(job) is expected
+    out = predict(ckpt, image, mask)
+    arrays, net, _ = _direct(ckpt, cohort, "SYN0003")
+    x = torch.from_numpy(np.asarray(arrays["slices"], np.float32))[:, None]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expect = net(x).float().softmax(-1)[:, 1].numpy()
+    got = np.array([s["prob_high"] for s in out["slices"]])
+    assert np.allclose(got, expect, atol=1e-6)
+    assert not np.allclose(got, [s["prob_high"] for s in plain["slices"]], atol=1e-6)

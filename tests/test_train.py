@@ -19,6 +19,9 @@ def test_fit_and_test_write_predictions_and_metrics(cfg_factory, tmp_path, super
         assert k in saved and 0.0 <= saved[k] <= 1.0
         assert saved[k] == pytest.approx(metrics[k])
     assert saved["phase"] == "CMP" and saved["supervision"] == supervision
+    # the settings as they resolved on this machine, device-dependent ones included
+    resolved = (out / "config_resolved.yaml").read_text()
+    assert "${" not in resolved and f"precision: {cfg.trainer.precision}" in resolved
     test = pd.read_csv(out / "predictions" / "test.csv", dtype={"patient_id": str})
     train_ = pd.read_csv(out / "predictions" / "train.csv", dtype={"patient_id": str})
     assert list(test.columns) == ["patient_id", "label", "prob_high", "pred"]

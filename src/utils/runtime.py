@@ -164,6 +164,20 @@ def record_failure(job_dir: Path, exc: BaseException) -> Path:
         return job_dir / "error.txt"
 
 
+RESOLVED_CONFIG = "config_resolved.yaml"
+
+
+def save_resolved_config(cfg, job_dir: Path) -> Path:
+    """Write the job's config with every interpolation resolved on this machine to ``job_dir/config_resolved.yaml``:
+    device-dependent settings (``${if_gpu:...}``, ``${native_bf16:...}``) are recorded as the values the job
+    ran with, which ``.hydra/config.yaml`` (interpolations kept) would resolve anew on another machine."""
+    from omegaconf import OmegaConf
+
+    from src.utils.atomic import atomic_write_text
+
+    return atomic_write_text(job_dir / RESOLVED_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def load_metrics(job_dir: Path) -> dict:
     return json.loads((job_dir / "metrics.json").read_text(encoding="utf-8"))
 
