@@ -80,8 +80,12 @@ def test_cpu_paper_trains_weak_in_bf16_only_where_the_cpu_computes_it(tmp_path, 
                               tmp_path / "job", data_root)
             fast = trainer == "gpu" or (native and supervision == "weak")
             assert cfg.trainer.precision == ("bf16-mixed" if fast else "32-true"), (supervision, trainer)
-            speed = next(c for c in instantiate_callbacks(cfg) if isinstance(c, NetworkSpeed))
+            callbacks = instantiate_callbacks(cfg)
+            speed = next(c for c in callbacks if isinstance(c, NetworkSpeed))
             assert speed.channels_last is fast and speed.dims == (2,), (supervision, trainer)
+            if trainer == "cpu":  # the preset's trainer keys are the Trainer's own
+                built = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+                assert built.max_epochs == cfg.supervision_epochs[supervision]
     cfg = compose_cfg(["experiment=cpu_paper", "supervision=weak", "cpu_speed.weak.precision=32-true",
                        "cpu_speed.weak.channels_last=false"], tmp_path / "job", data_root)
     assert cfg.trainer.precision == "32-true" and cfg.callbacks.speed.channels_last is False
