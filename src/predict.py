@@ -171,7 +171,7 @@ def _decision(logits, threshold: float) -> dict:
 def cpu_bf16_job(job_dir: Path) -> bool:
     """Whether the job trained and tested on a CPU under bf16 autocast, as its ``config_resolved.yaml`` (the
     settings resolved on the machine it ran on) records. Its test predictions were computed that way, so
-    inference does the same to give the same P(high); float32 would differ by up to ~2e-3. Jobs trained on a
+    inference does the same to give the same P(high) (float32 moves a slice's by up to ~2e-3). Jobs trained on a
     GPU, and jobs without that file, are predicted in float32 (a CPU does not reproduce GPU bf16 kernels)."""
     from src.utils.runtime import RESOLVED_CONFIG
 
