@@ -256,3 +256,19 @@ def test_the_shipped_selection_window_is_the_second_half(cfg_factory, tmp_path):
     assert isinstance(instantiate_callbacks(cfg)[0], SelectionWindowCheckpoint)
     train(cfg)
     assert [p.name[:8] for p in (tmp_path / "job" / "checkpoints").glob("epoch*.ckpt")] == ["epoch001"]
+
+
+def test_network_speed_channels_last_takes_a_mil_bag():
+    """A MIL model's input is a bag (B, N, C, H, W): its images meet the encoder's first convolution in the
+    channels-last layout, and the bag's output is the default layout's."""
+    from src.models.nets import first_conv, mil_resnet18
+
+    torch.manual_seed(0)
+    mil = mil_resnet18(widen_factor=0.25)
+    bag = torch.randn(2, 3, 1, 32, 32)
+    expected = mil.eval()(bag)
+    seen = []
+    NetworkSpeed(channels_last=True, channels_last_dims=[2]).setup(None, SimpleNamespace(net=mil), "fit")
+    first_conv(mil).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    assert torch.allclose(mil(bag), expected, atol=1e-5)
+    assert seen[0].shape == (6, 1, 32, 32) and seen[0].is_contiguous(memory_format=torch.channels_last)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import lightning as L
 
 from src.models.layers import LAYOUTS
-from src.models.nets import spatial_dims
+from src.models.nets import first_conv, spatial_dims
 
 
 class NetworkSpeed(L.Callback):
@@ -32,6 +32,9 @@ class NetworkSpeed(L.Callback):
         if self.channels_last and dims in self.dims:
             fmt = LAYOUTS[dims]
             net.to(memory_format=fmt)
-            net.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(memory_format=fmt), *args[1:]))
+            # the input is converted where it meets the first convolution: a MIL model's bag (B, N, C, H, W)
+            # only becomes a batch of images inside the model
+            first_conv(net).register_forward_pre_hook(
+                lambda _m, args: (args[0].contiguous(memory_format=fmt), *args[1:]))
         if self.compile:
             net.compile(mode=self.compile_mode)

@@ -21,10 +21,14 @@ from src.models.layers import fast_max_pools
 from src.models.pooling import set_head_pool
 
 
+def first_conv(net: nn.Module) -> nn.Module:
+    """The network's first convolution (a MIL model's: its encoder's, which sees one image at a time)."""
+    return next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
+
+
 def spatial_dims(net: nn.Module) -> int:
     """2 or 3: the dimensionality of the network's first convolution."""
-    conv = next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
-    return 2 if isinstance(conv, nn.Conv2d) else 3
+    return 2 if isinstance(first_conv(net), nn.Conv2d) else 3
 
 
 def resnet18(spatial_dims: int, in_channels: int = 1, num_classes: int = 2, conv1_t_size: int = 7,
