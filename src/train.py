@@ -46,10 +46,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from src.utils.precision import check_trainer_precision
 
         check_trainer_precision(trainer, model.net)  # before any data is read or logged
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # once: the job folder's record and the loggers'
     if trainer.is_global_zero:
-        runtime.save_resolved_config(cfg, Path(cfg.paths.output_dir))
+        runtime.save_resolved_config(resolved, Path(cfg.paths.output_dir))
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(resolved)
 
     try:
         if cfg.get("fit", True):

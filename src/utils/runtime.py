@@ -168,9 +168,10 @@ RESOLVED_CONFIG = "config_resolved.yaml"
 
 
 def save_resolved_config(cfg, job_dir: Path) -> Path:
-    """Write the job's config with every interpolation resolved on this machine to ``job_dir/config_resolved.yaml``:
-    device-dependent settings (``${if_gpu:...}``, ``${native_bf16:...}``) are recorded as the values the job
-    ran with, which ``.hydra/config.yaml`` (interpolations kept) would resolve anew on another machine."""
+    """Write the job's config (a DictConfig or an already resolved container) with every interpolation
+    resolved on this machine to ``job_dir/config_resolved.yaml``: device-dependent settings (``${if_gpu:...}``,
+    ``${native_bf16:...}``) are recorded as the values the job ran with, which ``.hydra/config.yaml``
+    (interpolations kept) would resolve anew on another machine."""
     from omegaconf import OmegaConf
 
     from src.utils.atomic import atomic_write_text
