@@ -1,5 +1,6 @@
 """Faults of the environment under the program: a cache entry truncated or altered on disk is detected
-against the record written with it and recomputed, with one warning naming the patient."""
+against the record written with it and recomputed, with one warning naming the patient; a cohort whose
+generation fails or is killed leaves nothing that a later run would take for it."""
 from __future__ import annotations
 
 import logging
@@ -243,3 +244,27 @@ def test_error_txt_on_a_full_disk_does_not_mask_the_failure(tmp_path, monkeypatc
     with caplog.at_level(logging.ERROR, logger="src.utils.runtime"):
         runtime.record_failure(tmp_path, ValueError("the real failure"))
     assert "the real failure" in caplog.text and not (tmp_path / "error.txt").exists()
+
+
+def _row(job):
+    i, folder = job
+    if i == 3:
+        raise OSError(f"patient {i}: disk full")
+    (folder / "images" / f"p{i}.txt").write_text("x")
+    return {"patient_id": f"p{i}"}
+
+
+def test_a_failed_cohort_generation_leaves_no_folder_and_the_next_one_clears_a_killed_ones(tmp_path):
+    import pandas as pd
+
+    from src.data.synthetic import build_cohort
+
+    out = tmp_path / "cohort"
+    with pytest.raises(OSError, match="patient 3"):
+        build_cohort(out, _row, [(i,) for i in range(5)], "readme", "test cohort")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cohort.lock"]  # nothing half-written
+    killed = tmp_path / ".cohort.tmp99999999"  # what a generator killed mid-way leaves
+    (killed / "images").mkdir(parents=True)
+    manifest = build_cohort(out, _row, [(i,) for i in range(3)], "readme", "test cohort")
+    assert pd.read_csv(manifest)["patient_id"].tolist() == ["p0", "p1", "p2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cohort.lock", "cohort"]

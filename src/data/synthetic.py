@@ -177,7 +177,6 @@ def build_cohort(out_dir: str | os.PathLike, write_patient, jobs: list[tuple], r
     one is built in a temporary sibling folder and renamed into place at the end. Concurrent callers
     (the jobs of a sweep run at once) take a file lock: one generates, the others wait and reuse it.
     """
-    import pandas as pd
     from filelock import FileLock
 
     out_dir = Path(out_dir)
@@ -190,25 +189,35 @@ def build_cohort(out_dir: str | os.PathLike, write_patient, jobs: list[tuple], r
             return manifest
         if log is not None:  # only the process that generates says so; the others wait here and reuse it
             log.info("generating %s (%d patients) in %s", what, len(jobs), out_dir.parent)
+        # Only the lock holder writes a temporary folder, so any one left here is a killed generator's.
+        for stale in out_dir.parent.glob(f".{out_dir.name}.tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "images").mkdir(parents=True)
-        (tmp / "masks").mkdir()
-        from src.utils.console import progress
-
-        jobs = [(*job, tmp) for job in jobs]
-        workers = min(int(workers), len(jobs))
-        if workers > 1:
-            from src.utils.pool import process_pool
-
-            with process_pool(workers) as pool:
-                rows = list(progress(pool.map(write_patient, jobs, chunksize=1), len(jobs), what, log))
-        else:
-            rows = [write_patient(job) for job in progress(jobs, len(jobs), what, log)]
-        pd.DataFrame(rows).to_csv(tmp / "manifest.csv", index=False)
-        (tmp / "README.txt").write_text(readme)
         try:
+            _write_cohort(tmp, write_patient, jobs, readme, what, log, workers)
             os.replace(tmp, out_dir)
-        except OSError:  # another process finished first
+        except BaseException as err:  # a failed or interrupted generation leaves nothing behind
             shutil.rmtree(tmp, ignore_errors=True)
+            if not (isinstance(err, OSError) and manifest.exists()):  # else another process finished first
+                raise
     return manifest
+
+
+def _write_cohort(tmp: Path, write_patient, jobs: list[tuple], readme: str, what: str, log, workers: int) -> None:
+    import pandas as pd
+
+    from src.utils.console import progress
+
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "masks").mkdir()
+    jobs = [(*job, tmp) for job in jobs]
+    workers = min(int(workers), len(jobs))
+    if workers > 1:
+        from src.utils.pool import process_pool
+
+        with process_pool(workers) as pool:
+            rows = list(progress(pool.map(write_patient, jobs, chunksize=1), len(jobs), what, log))
+    else:
+        rows = [write_patient(job) for job in progress(jobs, len(jobs), what, log)]
+    pd.DataFrame(rows).to_csv(tmp / "manifest.csv", index=False)
+    (tmp / "README.txt").write_text(readme)
