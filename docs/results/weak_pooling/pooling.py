@@ -1,7 +1,7 @@
 """Patient scores of finished weak jobs under other slice-pooling rules, from their saved slice predictions
-(the checkpoint each job selected stays the same): AUC per job, set and rule into OUT.csv, and each rule's
-paired difference from the shipped chain rule over the jobs (mean, 95 % t-interval) printed; the same for
-the accuracy of the decisions of chain, mean and vote at the threshold 0.5 (rows accuracy_*, in the auc column).
+(the checkpoint each job selected stays the same): the AUC per job, set and rule into OUT.csv (column value),
+and each rule's paired difference from the shipped chain rule over the jobs (mean, 95 % t-interval) printed;
+the same for the accuracy of the decisions of chain, mean and vote at the threshold 0.5 (rules accuracy_*).
 
     PYTHONPATH=. python docs/results/weak_pooling/pooling.py OUT.csv JOB [JOB ...]
 
@@ -62,21 +62,22 @@ for job in map(Path, sys.argv[2:]):
         if not np.allclose(table["chain"], saved.reindex(table.index), atol=1e-6):
             raise SystemExit(f"{job}: the recomputed chain rule differs from predictions/{name}.csv")
         for rule in table.columns.drop("label"):
-            if rule.startswith("pred_"):  # the rule's 0/1 decision: its accuracy, in the same column
-                rows.append({"job": job.name, "set": name, "rule": f"accuracy_{rule[5:]}",
-                             "auc": float((table[rule] == table["label"]).mean())})
+            if rule.startswith("pred_"):  # the rule's 0/1 decision: its accuracy
+                value, rule = float((table[rule] == table["label"]).mean()), f"accuracy_{rule[5:]}"
             else:
-                rows.append({"job": job.name, "set": name, "rule": rule, "auc": roc_auc_score(table["label"], table[rule])})
+                value = roc_auc_score(table["label"], table[rule])
+            rows.append({"job": job.name, "set": name, "rule": rule, "value": value})
         if name == "test":
             rows.append({"job": job.name, "set": name, "rule": "oracle",
-                         "auc": oracle_perf(cohort, cfg.phase.name, "test")["auc"]})
+                         "value": oracle_perf(cohort, cfg.phase.name, "test")["auc"]})
 runs = pd.DataFrame(rows)
 runs.round(4).to_csv(sys.argv[1], index=False)
-wide = runs.pivot_table(index=["set", "job"], columns="rule", values="auc")
+wide = runs.pivot_table(index=["set", "job"], columns="rule", values="value")
 print(wide.round(3).to_string())
 for name in SETS:
     part = wide.loc[name]
-    print(f"\n{name}: mean AUC over {len(part)} jobs; paired difference from chain, mean [95 % t-interval]")
+    print(f"\n{name}: mean AUC (accuracy_*: accuracy) over {len(part)} jobs; "
+          "paired difference from chain (accuracy_chain), mean [95 % t-interval]")
     for rule in part.columns.drop(["chain", "oracle", "accuracy_chain"], errors="ignore"):
         ref = "accuracy_chain" if rule.startswith("accuracy_") else "chain"
         lo, hi = stats.ttest_rel(part[rule], part[ref]).confidence_interval(0.95)
