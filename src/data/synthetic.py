@@ -22,6 +22,7 @@ paper scale (306 patients, 165 low / 141 high, 512^2 slices).
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -174,7 +175,8 @@ def build_cohort(out_dir: str | os.PathLike, write_patient, jobs: list[tuple], r
     and ``README.txt``. Returns the manifest.
 
     Idempotent and atomic: an existing complete cohort (``manifest.csv`` present) is reused; a new
-    one is built in a temporary sibling folder and renamed into place at the end. Concurrent callers
+    one is built in a temporary sibling folder and renamed into place at the end; a generation that fails
+    removes it, and one that was killed leaves it for the next generation to remove. Concurrent callers
     (the jobs of a sweep run at once) take a file lock: one generates, the others wait and reuse it.
     """
     from filelock import FileLock
@@ -190,7 +192,7 @@ def build_cohort(out_dir: str | os.PathLike, write_patient, jobs: list[tuple], r
         if log is not None:  # only the process that generates says so; the others wait here and reuse it
             log.info("generating %s (%d patients) in %s", what, len(jobs), out_dir.parent)
         # Only the lock holder writes a temporary folder, so any one left here is a killed generator's.
-        for stale in out_dir.parent.glob(f".{out_dir.name}.tmp*"):
+        for stale in out_dir.parent.glob(f"{glob.escape('.' + out_dir.name)}.tmp*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
         try:
