@@ -1,6 +1,7 @@
 """Faults of the environment under the program: a cache entry truncated or altered on disk is detected
-against the record written with it and recomputed, with one warning naming the patient; a cohort whose
-generation fails or is killed leaves nothing that a later run would take for it."""
+against the record written with it and recomputed, with one warning naming the patient; a cache entry or a
+cohort whose writing fails, or a cohort whose generation is killed, leaves nothing that a later run would take
+for it."""
 from __future__ import annotations
 
 import logging
@@ -268,3 +269,24 @@ def test_a_failed_cohort_generation_leaves_no_folder_and_the_next_one_clears_a_k
     manifest = build_cohort(out, _row, [(i,) for i in range(3)], "readme", "test cohort")
     assert pd.read_csv(manifest)["patient_id"].tolist() == ["p0", "p1", "p2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cohort.lock", "cohort"]
+
+
+def test_a_failed_cache_write_leaves_no_entry_and_no_temporary_folder(tmp_path, monkeypatch):
+    import src.data.cache as cache
+
+    store = cache.ArrayCache(tmp_path)
+    real, calls = np.save, []
+
+    def save(f, arr, **kw):  # the disk fills up at the second array
+        calls.append(f)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        real(f, arr, **kw)
+
+    monkeypatch.setattr(cache.np, "save", save)
+    with pytest.raises(OSError, match="No space"):
+        store.save("abcd", {"a": np.zeros(3), "b": np.ones(3)})
+    assert "abcd" not in store and not any(tmp_path.rglob("*.tmp"))
+    monkeypatch.setattr(cache.np, "save", real)
+    store.save("abcd", {"a": np.zeros(3), "b": np.ones(3)})
+    assert np.array_equal(store.load("abcd")["b"], np.ones(3))

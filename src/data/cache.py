@@ -69,12 +69,16 @@ class ArrayCache:
         tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        record = {}
-        for name, arr in arrays.items():
-            f = tmp / f"{name}.npy"
-            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-            record[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-        (tmp / RECORD).write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
+        try:
+            record = {}
+            for name, arr in arrays.items():
+                f = tmp / f"{name}.npy"
+                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+                record[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            (tmp / RECORD).write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
+        except BaseException:  # a failed or interrupted write leaves nothing behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             os.replace(tmp, path)
         except OSError:  # another process wrote the same entry first (non-empty target): keep it
