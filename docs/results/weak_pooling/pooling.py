@@ -8,8 +8,11 @@ the same for the accuracy of the decisions of chain, mean and vote at the thresh
 Rules (p = a slice's P(high), a = its tumour area in pixels, over all of a patient's lesion slices unless
 said): chain (the shipped rule, recomputed and checked against the job's own predictions/{set}.csv),
 mean, vote (src.callbacks.aggregation's baselines), area_mean (sum a p / sum a), logit_mean (mean log-odds),
-area_logit_mean, upper_half (mean p of the slices whose area is at least the patient's median), and two
-that use no prediction at all: n_slices and largest_area (the tumour's extent alone).
+area_logit_mean, upper_half (mean p of the slices whose area is at least the patient's median), logit_sum
+(the sum of the slices' log-odds, as if they were independent evidence: more slices, a more extreme score),
+stacked (test only: a logistic regression of the label on the mean log-odds and the log of the slice count,
+fitted on the job's validation patients), and two that use no prediction at all: n_slices and largest_area
+(the tumour's extent alone).
 """
 import sys
 from pathlib import Path
@@ -19,6 +22,7 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy import stats
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from src.callbacks.aggregation import aggregate_patient
@@ -39,7 +43,7 @@ def scores(slices: pd.DataFrame, masks: np.ndarray) -> dict[str, float]:
     return {"chain": chain.prob_high, "mean": mean.prob_high, "vote": vote.prob_high,
             "pred_chain": chain.pred, "pred_mean": mean.pred, "pred_vote": vote.pred,
             "area_mean": (area * p).sum() / area.sum(), "logit_mean": logit.mean(),
-            "area_logit_mean": (area * logit).sum() / area.sum(),
+            "area_logit_mean": (area * logit).sum() / area.sum(), "logit_sum": logit.sum(),
             "upper_half": p[area >= np.median(area)].mean(),
             "n_slices": float(len(p)), "largest_area": area.max()}
 
@@ -51,6 +55,7 @@ for job in map(Path, sys.argv[2:]):
     dm.setup()  # the job's cached slices and split: only the masks are read here
     index = {pid: i for i, pid in enumerate(dm.patient_ids)}
     cohort = pd.read_csv(job / "cohort.csv")
+    tables = {}
     for name in SETS:
         saved = pd.read_csv(job / "predictions" / f"{name}.csv").set_index("patient_id")["prob_high"]
         table = []
@@ -58,7 +63,12 @@ for job in map(Path, sys.argv[2:]):
             g = g.sort_values("slice_index")
             masks = np.stack([dm.slice_mask(index[pid], int(z)) for z in g["slice_index"]])
             table.append({"patient_id": pid, "label": int(g["label"].iloc[0]), **scores(g, masks)})
-        table = pd.DataFrame(table).set_index("patient_id")
+        table = tables[name] = pd.DataFrame(table).set_index("patient_id")
+        if name == "test":  # mean log-odds and log slice count, weighed by a fit on the validation patients
+            stack = tables["val"][["logit_mean", "n_slices"]].assign(n_slices=lambda t: np.log(t.n_slices))
+            fit = LogisticRegression(C=1e6).fit(stack, tables["val"]["label"])
+            table["stacked"] = fit.decision_function(
+                table[["logit_mean", "n_slices"]].assign(n_slices=lambda t: np.log(t.n_slices)))
         if not np.allclose(table["chain"], saved.reindex(table.index), atol=1e-6):
             raise SystemExit(f"{job}: the recomputed chain rule differs from predictions/{name}.csv")
         for rule in table.columns.drop("label"):
@@ -78,7 +88,7 @@ for name in SETS:
     part = wide.loc[name]
     print(f"\n{name}: mean AUC (accuracy_*: accuracy) over {len(part)} jobs; "
           "paired difference from chain (accuracy_chain), mean [95 % t-interval]")
-    for rule in part.columns.drop(["chain", "oracle", "accuracy_chain"], errors="ignore"):
+    for rule in part.dropna(axis=1).columns.drop(["chain", "oracle", "accuracy_chain"], errors="ignore"):
         ref = "accuracy_chain" if rule.startswith("accuracy_") else "chain"
         lo, hi = stats.ttest_rel(part[rule], part[ref]).confidence_interval(0.95)
         print(f"  {rule:16s} {part[rule].mean():.3f}   {(part[rule] - part[ref]).mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
