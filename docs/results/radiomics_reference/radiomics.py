@@ -9,9 +9,13 @@ volume (size), its surface voxels over volume^(2/3) (lobulation), its median HU 
 fraction of its voxels more than 60 HU below that median (necrosis), and the SD of its HU after a
 Gaussian blur of 1 voxel, over the voxels within the median +- 60 HU at least 2 voxels inside the
 tumour's edge (texture; the blur damps the pixel noise, the margin keeps partial volume with the
-surroundings out). A logistic regression on the standardised features is fitted on the job's training patients
+surroundings out). A sixth, ``core_low_fraction``, checks the necrosis feature away from the edge: the
+same fraction over the voxels at least 2 voxels inside the tumour's edge within their axial slice (it is not
+in the model). A logistic regression on the standardised features is fitted on the job's training patients
 and scored on its testing patients; printed beside the oracle's AUC and the job's own test AUC on the
-same patients, and their ratios and paired difference over the jobs. OUT.csv: one row per job.
+same patients, and their ratios and paired difference over the jobs. OUT.csv: one row per job;
+OUT_patients.csv (beside it): every patient's features, split, label and (testing patients) the job's
+prob_high.
 """
 import sys
 from pathlib import Path
@@ -30,6 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from src.reporting.tables import oracle_perf
 
 FEATURES = ["log_volume", "surface_ratio", "median_hu", "low_fraction", "texture_sd"]
+CHECKS = ["core_low_fraction"]
 LOW_HU = 60.0  # HU below the tumour's median that count as necrosis; also the half-width of the texture band
 
 
@@ -43,13 +48,15 @@ def features(image_path: Path, mask_path: Path) -> dict[str, float]:
     surface = int((tumour & ~ndimage.binary_erosion(tumour)).sum())
     values = hu[tumour]
     median = float(np.median(values))
+    core = ndimage.binary_erosion(tumour, structure=np.ones((1, 3, 3), bool), iterations=2)  # in-plane only
     band = ndimage.binary_erosion(tumour, iterations=2) & (np.abs(hu - median) < LOW_HU)
     return {"log_volume": np.log(n * voxel_mm3), "surface_ratio": surface / n ** (2 / 3), "median_hu": median,
             "low_fraction": float((values < median - LOW_HU).mean()),
-            "texture_sd": float(ndimage.gaussian_filter(hu, 1.0)[band].std()) if band.any() else 0.0}
+            "texture_sd": float(ndimage.gaussian_filter(hu, 1.0)[band].std()) if band.any() else 0.0,
+            "core_low_fraction": float((hu[core] < median - LOW_HU).mean()) if core.any() else 0.0}
 
 
-rows = []
+rows, patients = [], []
 for job in map(Path, sys.argv[2:]):
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
     phase = cfg.phase.name
@@ -64,14 +71,17 @@ for job in map(Path, sys.argv[2:]):
     train, test = table[table.split == "train"], table[table.split == "test"]
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(train[FEATURES], train.high)
     predictions = pd.read_csv(job / "predictions" / "test.csv").set_index("patient_id")
+    patients.append(table.assign(job=job.name, prob_high=predictions["prob_high"]))
     row = {"job": job.name, "radiomics_auc": roc_auc_score(test.high, model.decision_function(test[FEATURES])),
            "oracle_auc": oracle_perf(cohort.reset_index(), phase, "test")["auc"],
            "model_auc": roc_auc_score(predictions["label"], predictions["prob_high"])}
-    row.update({f"auc_{k}": roc_auc_score(test.high, test[k]) for k in FEATURES})
+    row.update({f"auc_{k}": roc_auc_score(test.high, test[k]) for k in FEATURES + CHECKS})
     rows.append(row)
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
 out = pd.DataFrame(rows)
 out.round(4).to_csv(sys.argv[1], index=False)
+pd.concat(patients).rename_axis("patient_id").round(6).to_csv(Path(sys.argv[1]).with_name(
+    Path(sys.argv[1]).stem + "_patients.csv"))
 means = out.drop(columns="job").mean()
 print(f"\nmean over {len(out)} jobs:", means.round(3).to_dict())
 for name, a, b in (("radiomics / oracle", out.radiomics_auc, out.oracle_auc),
