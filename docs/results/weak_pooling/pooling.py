@@ -48,6 +48,11 @@ def scores(slices: pd.DataFrame, masks: np.ndarray) -> dict[str, float]:
             "n_slices": float(len(p)), "largest_area": area.max()}
 
 
+def stack_features(table: pd.DataFrame) -> np.ndarray:
+    """The stacked rule's inputs: each patient's mean log-odds and the log of its slice count."""
+    return np.c_[table["logit_mean"], np.log(table["n_slices"])]
+
+
 rows = []
 for job in map(Path, sys.argv[2:]):
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
@@ -65,10 +70,8 @@ for job in map(Path, sys.argv[2:]):
             table.append({"patient_id": pid, "label": int(g["label"].iloc[0]), **scores(g, masks)})
         table = tables[name] = pd.DataFrame(table).set_index("patient_id")
         if name == "test":  # mean log-odds and log slice count, weighed by a fit on the validation patients
-            stack = tables["val"][["logit_mean", "n_slices"]].assign(n_slices=lambda t: np.log(t.n_slices))
-            fit = LogisticRegression(C=1e6).fit(stack, tables["val"]["label"])
-            table["stacked"] = fit.decision_function(
-                table[["logit_mean", "n_slices"]].assign(n_slices=lambda t: np.log(t.n_slices)))
+            fit = LogisticRegression(C=1e6).fit(stack_features(tables["val"]), tables["val"]["label"])
+            table["stacked"] = fit.decision_function(stack_features(table))
         if not np.allclose(table["chain"], saved.reindex(table.index), atol=1e-6):
             raise SystemExit(f"{job}: the recomputed chain rule differs from predictions/{name}.csv")
         for rule in table.columns.drop("label"):
