@@ -31,18 +31,24 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from src.data.io import read_image
 from src.reporting.tables import oracle_perf
 
 FEATURES = ["log_volume", "surface_ratio", "median_hu", "low_fraction", "texture_sd"]
 CHECKS = ["core_low_fraction"]
 LOW_HU = 60.0  # HU below the tumour's median that count as necrosis; also the half-width of the texture band
+BLUR_MARGIN = 4  # voxels: the reach of scipy's Gaussian of SD 1 voxel (truncate 4)
 
 
-def features(image_path: Path, mask_path: Path) -> dict[str, float]:
-    """The features of one tumour."""
-    image = sitk.ReadImage(str(image_path))
-    hu = sitk.GetArrayFromImage(image).astype(np.float32)
-    tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
+def features(image_path: Path, mask_path: Path, patient_id: str) -> dict[str, float]:
+    """The features of one tumour, computed in its box plus BLUR_MARGIN voxels (the blur's reach, so every
+    value is what the whole volume would give)."""
+    image = read_image(image_path, patient_id)
+    tumour = sitk.GetArrayFromImage(read_image(mask_path, patient_id)) > 0
+    box = tuple(slice(max(0, s.start - BLUR_MARGIN), s.stop + BLUR_MARGIN)
+                for s in ndimage.find_objects(tumour.astype(np.uint8))[0])
+    hu = sitk.GetArrayFromImage(image)[box].astype(np.float32)
+    tumour = tumour[box]
     voxel_mm3 = float(np.prod(image.GetSpacing()))
     n = int(tumour.sum())
     surface = int((tumour & ~ndimage.binary_erosion(tumour)).sum())
@@ -64,7 +70,7 @@ for job in map(Path, sys.argv[2:]):
     manifest = pd.read_csv(manifest_path).set_index("patient_id")
     cohort = pd.read_csv(job / "cohort.csv").set_index("patient_id")
     table = pd.DataFrame({pid: features(manifest_path.parent / manifest.at[pid, f"{phase}_image"],
-                                        manifest_path.parent / manifest.at[pid, "mask"])
+                                        manifest_path.parent / manifest.at[pid, "mask"], pid)
                           for pid in cohort.index}).T
     table["high"] = (cohort["grade"] >= 3).astype(int)
     table["split"] = cohort["split"]
