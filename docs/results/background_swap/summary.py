@@ -2,14 +2,15 @@
 AUC / oracle, train-test gap and (weak, mil) Grad-CAM ratio / pointing, their mean +- SD, and the paired
 difference of each recipe from BASE (default `base`) over the seeds both have (mean, 95 % t-interval).
 
-    python docs/results/background_swap/summary.py runs.csv [BASE]
+    python docs/results/background_swap/summary.py runs.csv [BASE]     # the project installed (pip install -e .) or PYTHONPATH=.
 
 Job folders are named RECIPE_sSEED (base_s0, swap1_s0, ...).
 """
 import sys
 
 import pandas as pd
-from scipy import stats
+
+from src.stats.hypothesis import paired_difference
 
 t = pd.read_csv(sys.argv[1])
 t[["recipe", "seed"]] = t["job"].str.extract(r"^(.*)_s(\d+)$")
@@ -33,6 +34,5 @@ for recipe, part in t[t.recipe != name].groupby("recipe"):
         continue
     print(f"\n{recipe} - {name}, paired over {len(seeds)} seeds: mean [95 % t-interval]")
     for c in cols:
-        x, y = part.loc[seeds, c], base.loc[seeds, c]
-        lo, hi = stats.ttest_rel(x, y).confidence_interval(0.95)
-        print(f"  {c}: {(x - y).mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        d = paired_difference(part.loc[seeds, c], base.loc[seeds, c])
+        print(f"  {c}: {d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]")

@@ -25,7 +25,7 @@ import pandas as pd
 import SimpleITK as sitk
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from scipy import ndimage, stats
+from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -33,6 +33,7 @@ from sklearn.preprocessing import StandardScaler
 
 from src.data.io import read_image
 from src.reporting.tables import oracle_perf
+from src.stats.hypothesis import paired_difference
 
 FEATURES = ["log_volume", "surface_ratio", "median_hu", "low_fraction", "texture_sd"]
 CHECKS = ["core_low_fraction"]
@@ -95,5 +96,5 @@ for name, a, b in (("radiomics / oracle", out.radiomics_auc, out.oracle_auc),
                    ("model / radiomics", out.model_auc, out.radiomics_auc)):
     print(f"{name}: {(a / b).mean():.3f} +- {(a / b).std():.3f}")
 if len(out) > 1:
-    lo, hi = stats.ttest_rel(out.model_auc, out.radiomics_auc).confidence_interval(0.95)
-    print(f"model - radiomics, paired: {(out.model_auc - out.radiomics_auc).mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    d = paired_difference(out.model_auc, out.radiomics_auc)
+    print(f"model - radiomics, paired: {d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]")

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from src.callbacks.aggregation import aggregate_patient
 from src.reporting.tables import oracle_perf
+from src.stats.hypothesis import paired_difference
 
 SETS = ("val", "test")
 
@@ -93,8 +93,8 @@ for name in SETS:
           "paired difference from chain (accuracy_chain), mean [95 % t-interval]")
     for rule in part.dropna(axis=1).columns.drop(["chain", "oracle", "accuracy_chain"], errors="ignore"):
         ref = "accuracy_chain" if rule.startswith("accuracy_") else "chain"
-        lo, hi = stats.ttest_rel(part[rule], part[ref]).confidence_interval(0.95)
-        print(f"  {rule:16s} {part[rule].mean():.3f}   {(part[rule] - part[ref]).mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        d = paired_difference(part[rule], part[ref])
+        print(f"  {rule:16s} {part[rule].mean():.3f}   {d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]")
     for rule in ("chain", "accuracy_chain"):
         print(f"  {rule:16s} {part[rule].mean():.3f}")
     if name == "test":
