@@ -2,7 +2,9 @@
 AUC / oracle, train-test gap and (weak, mil) Grad-CAM ratio / pointing, their mean +- SD, and the paired
 difference of each recipe from BASE (default `base`) over the seeds both have (mean, 95 % t-interval).
 
-    python docs/results/background_swap/summary.py runs.csv [BASE]     # the project installed (pip install -e .) or PYTHONPATH=.
+    python docs/results/background_swap/summary.py runs.csv [BASE]
+
+It imports ``src``: the project installed (``pip install -e .``) or ``PYTHONPATH=.``.
 
 Job folders are named RECIPE_sSEED (base_s0, swap1_s0, ...).
 """
